@@ -1,0 +1,123 @@
+"""The LightningModule: noisy input in, clean image out, MSE loss, Adam."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from dae.nets import ConvAutoencoder
+from dae.noise import GaussianNoise
+
+STAGES = ("val", "test")
+
+
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 images in [0, 255] to floats in [0, 1]; float images pass through."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def _image_metrics(prefix: str) -> MetricCollection:
+    # Per-image PSNR (dim over C, H, W) averaged over images, as the literature reports it.
+    return MetricCollection(
+        {
+            "psnr": PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
+            "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+        },
+        prefix=prefix,
+    )
+
+
+class DenoisingModule(L.LightningModule):
+    """Trains ``net`` to undo ``noise``: ``net(noise(clean)) ~ clean`` under MSE, with Adam.
+
+    Args:
+        net: the denoising network (default: the seed ``ConvAutoencoder``).
+        noise: the noise model (default: the seed's ``GaussianNoise(std=0.5)``).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        eval_noise_seed: seed of the validation/test noise, so that their numbers compare across runs.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        noise: nn.Module | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        eval_noise_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        with warnings.catch_warnings():
+            # Under LightningCLI the hparams hold net/noise as plain {class_path, init_args} data, which is what
+            # makes checkpoints self-describing; module objects (plain Python use) are dropped just below.
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        for key in [k for k, v in self.hparams.items() if isinstance(v, nn.Module)]:
+            del self.hparams[key]
+        self.net = net if net is not None else ConvAutoencoder()
+        self.noise = noise if noise is not None else GaussianNoise()
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.eval_noise_seed = eval_noise_seed
+        self.train_loss = MeanMetric()
+        self.eval_metrics = nn.ModuleDict({s: _image_metrics(f"{s}/") for s in STAGES})
+        self.noisy_psnr = nn.ModuleDict(
+            {s: PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)) for s in STAGES}
+        )
+
+    def forward(self, noisy: Tensor) -> Tensor:
+        return self.net(noisy)
+
+    def _eval_generator(self, batch_idx: int, dataloader_idx: int = 0) -> torch.Generator:
+        # Seeded per batch (and rank), so a given run setup sees the same noisy images every epoch and every run.
+        seed = self.eval_noise_seed + 1_000_003 * (self.global_rank + 7919 * dataloader_idx) + batch_idx
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _shared_step(self, batch: Tensor, batch_idx: int, stage: str) -> dict[str, Tensor]:
+        clean = to_unit_float(batch)
+        generator = None if stage == "train" else self._eval_generator(batch_idx)
+        noisy = self.noise(clean, generator=generator)
+        denoised = self.net(noisy)
+        loss = F.mse_loss(denoised, clean)
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True)
+            self.train_loss(loss.detach())
+            self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(clean))
+            denoised, noisy_c = denoised.detach().float().clamp(0, 1), noisy.detach().float()
+            self.eval_metrics[stage](denoised, clean)
+            self.noisy_psnr[stage](noisy_c, clean)
+            self.log_dict(self.eval_metrics[stage], on_epoch=True, prog_bar=stage == "val")
+            self.log(f"{stage}/psnr_noisy", self.noisy_psnr[stage], on_epoch=True)
+        return {"loss": loss, "clean": clean, "noisy": noisy, "denoised": denoised}
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, batch_idx, "train")["loss"]
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        return self._shared_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        return self._shared_step(batch, batch_idx, "test")
+
+    def predict_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Denoised images in [0, 1] for a batch of clean images, noised with the seeded test-time noise."""
+        noisy = self.noise(to_unit_float(batch), generator=self._eval_generator(batch_idx, dataloader_idx))
+        return self.net(noisy)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny MNIST-format data on disk and a tiny, fast CPU Trainer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tests.idx import write_mnist_files
+
+# Tests run on the CPU and must not fight over the two cores of a small machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the four MNIST IDX files (uncompressed): 320 train and 96 test synthetic images."""
+    folder = tmp_path_factory.mktemp("mnist")
+    write_mnist_files(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_trainer(tmp_path: Path):
+    """Make a CPU Trainer with a few batches per epoch, logging under ``tmp_path``."""
+
+    def make(**overrides) -> L.Trainer:
+        kwargs = dict(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=1,
+            limit_train_batches=4,
+            limit_val_batches=2,
+            limit_test_batches=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        kwargs.update(overrides)
+        return L.Trainer(**kwargs)
+
+    return make
+
+
+def fit_args(data_dir: Path, *extra: str) -> list[str]:
+    """Arguments for a short ``dae fit`` of the seed config on fixture data (run from a tmp cwd)."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "mnist.yaml"
+    return [
+        "fit",
+        f"--config={config}",
+        f"--data.data_dir={data_dir}",
+        "--data.val_split=64",
+        "--data.download=false",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
+        *extra,
+    ]

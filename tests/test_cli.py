@@ -1,0 +1,105 @@
+"""End-to-end runs of the ``dae`` command on the fixture data."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dae.callbacks import read_scalars
+from dae.cli import main
+from tests.conftest import fit_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fitted_run(mnist_dir, tmp_path, monkeypatch):
+    """A two-epoch ``dae fit`` (3 steps each) in a fresh working folder; returns its run folder."""
+    monkeypatch.chdir(tmp_path)
+    main(fit_args(mnist_dir))
+    return tmp_path / "lightning_logs" / "version_0"
+
+
+def test_fit_leaves_a_self_describing_run_folder(fitted_run):
+    names = {p.name for p in fitted_run.iterdir()}
+    assert {"config.yaml", "hparams.yaml", "loss.png", "checkpoints"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    ckpts = {p.name for p in (fitted_run / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    assert (fitted_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = yaml.safe_load((fitted_run / "config.yaml").read_text())
+    assert saved["model"]["noise"]["init_args"]["std"] == 0.5
+
+
+def test_event_file_holds_scalars_and_image_grid(fitted_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = read_scalars(fitted_run)
+    assert len(scalars["train/loss"]) >= 1
+    for tag in ("val/loss", "val/psnr", "val/ssim", "val/psnr_noisy", "train/loss_epoch"):
+        assert len(scalars[tag]) == 2, tag  # one value per epoch
+    acc = EventAccumulator(str(fitted_run))
+    acc.Reload()
+    assert "val/images" in acc.Tags()["images"]
+    image = acc.Images("val/images")[-1]
+    # 3 rows (clean, noisy, denoised) of 28x28 tiles with 2-pixel padding.
+    assert image.height == 3 * 30 + 2
+
+
+def test_checkpoint_holds_plain_data_hparams(fitted_run):
+    ckpt = torch.load(fitted_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["net"]["class_path"] == "dae.nets.ConvAutoencoder"
+    assert hp["noise"]["init_args"]["std"] == 0.5
+    assert ckpt["global_step"] == 6
+
+
+def test_resume_from_last_checkpoint_continues_step_count(fitted_run, mnist_dir):
+    last = fitted_run / "checkpoints" / "last.ckpt"
+    main(fit_args(mnist_dir, "--trainer.max_epochs=3", f"--ckpt_path={last}"))
+    resumed = fitted_run.parent / "version_1"
+    ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 9 and ckpt["epoch"] == 2
+    steps = [s for s, _ in read_scalars(resumed)["train/loss"]]
+    assert min(steps) >= 6  # the step count went on from 6, it did not restart at 0
+
+
+def test_test_command_reports_test_metrics(fitted_run, mnist_dir, capsys):
+    from dae.cli import DaeCLI
+
+    args = fit_args(mnist_dir)
+    args[0] = "test"
+    args = [a for a in args if not a.startswith("--trainer.max_epochs") and "limit_train" not in a]
+    cli = DaeCLI(args=[*args, f"--ckpt_path={fitted_run / 'checkpoints' / 'last.ckpt'}"])
+    metrics = cli.trainer.callback_metrics
+    assert {"test/loss", "test/psnr", "test/ssim", "test/psnr_noisy"} <= set(metrics)
+    assert metrics["test/psnr"] > metrics["test/psnr_noisy"]
+    assert "test/psnr" in capsys.readouterr().out
+
+
+def test_plot_command_redraws_loss_png(fitted_run, capsys):
+    (fitted_run / "loss.png").unlink()
+    assert main(["plot", str(fitted_run)]) == 0
+    assert (fitted_run / "loss.png").exists()
+    with pytest.raises(SystemExit) as err:
+        main(["plot", str(fitted_run / "nope")])
+    assert err.value.code == 2 and "no such run folder" in capsys.readouterr().err
+
+
+def test_mnist_config_holds_exactly_the_seed():
+    cfg = yaml.safe_load((ROOT / "configs" / "mnist.yaml").read_text())
+    assert cfg["trainer"]["max_epochs"] == 10
+    model = cfg["model"]
+    assert model["net"] == {"class_path": "dae.nets.ConvAutoencoder", "init_args": {"in_channels": 1}}
+    assert model["noise"] == {"class_path": "dae.noise.GaussianNoise", "init_args": {"std": 0.5, "clip": False}}
+    assert model["lr"] == 0.001 and model["weight_decay"] == 1e-5
+    data = cfg["data"]["init_args"]
+    assert data["dataset"] == "mnist" and data["batch_size"] == 64 and data["val_split"] == 5000
+
+
+def test_print_config_shows_the_seed_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", f"--config={ROOT / 'configs' / 'mnist.yaml'}", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["lr"] == 0.001 and printed["trainer"]["max_epochs"] == 10

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from dae.data import MNISTDataModule
+from dae.module import DenoisingModule
+from dae.nets import ConvAutoencoder
+from dae.noise import GaussianNoise
+
+
+class RecordingNoise(GaussianNoise):
+    """Gaussian noise that keeps what it added, to check where it came from."""
+
+    def __init__(self, std=0.5):
+        super().__init__(std)
+        self.calls = []
+
+    def forward(self, clean, generator=None):
+        noisy = super().forward(clean, generator)
+        self.calls.append((generator is not None, (noisy - clean).detach().clone()))
+        return noisy
+
+
+def dm_for(mnist_dir, **kw):
+    return MNISTDataModule(data_dir=str(mnist_dir), val_split=64, download=False, **kw)
+
+
+def test_defaults_are_the_seed():
+    module = DenoisingModule()
+    assert isinstance(module.net, ConvAutoencoder)
+    assert isinstance(module.noise, GaussianNoise) and module.noise.std == 0.5 and not module.noise.clip
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 1e-5
+
+
+@pytest.mark.parametrize("kwargs,match", [({"lr": 0}, "lr must be > 0"), ({"lr": -1e-3}, "lr must be > 0"),
+                                          ({"weight_decay": -1}, "weight_decay")])
+def test_bad_optimizer_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DenoisingModule(**kwargs)
+
+
+def test_training_gets_fresh_noise_each_step_and_eval_noise_repeats(mnist_dir, tiny_trainer):
+    noise = RecordingNoise()
+    module = DenoisingModule(noise=noise)
+    trainer = tiny_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0)
+    trainer.fit(module, dm_for(mnist_dir, batch_size=32))
+    train = [n for seeded, n in noise.calls if not seeded]
+    val = [n for seeded, n in noise.calls if seeded]
+    assert len(train) == 6 and len(val) == 4
+    assert all(not torch.equal(a, b) for i, a in enumerate(train) for b in train[i + 1:])
+    # Epoch 1 and epoch 2 validation see exactly the same noise, batch for batch.
+    assert torch.equal(val[0], val[2]) and torch.equal(val[1], val[3])
+    assert not torch.equal(val[0], val[1])
+
+
+def test_validation_logs_loss_psnr_ssim_and_noisy_baseline(mnist_dir, tiny_trainer):
+    trainer = tiny_trainer(limit_val_batches=3)
+    module = DenoisingModule()
+    metrics = trainer.validate(module, dm_for(mnist_dir, batch_size=16))[0]
+    assert set(metrics) == {"val/loss", "val/psnr", "val/ssim", "val/psnr_noisy"}
+    # Noise std 0.5 on [0, 1] images: the noisy input's PSNR is about -20*log10(0.5) = 6 dB.
+    assert metrics["val/psnr_noisy"] == pytest.approx(6.0, abs=0.5)
+    again = tiny_trainer(limit_val_batches=3).validate(module, dm_for(mnist_dir, batch_size=16))[0]
+    assert again == metrics  # seeded evaluation noise: identical numbers
+
+
+def test_short_training_lowers_validation_loss(mnist_dir, tiny_trainer):
+    torch.manual_seed(0)
+    dm = dm_for(mnist_dir, batch_size=16)
+    module = DenoisingModule(lr=3e-3)
+    before = tiny_trainer().validate(module, dm)[0]["val/loss"]
+    tiny_trainer(max_epochs=4, limit_train_batches=16).fit(module, dm)
+    after = tiny_trainer().validate(module, dm)[0]["val/loss"]
+    assert after < 0.7 * before
+
+
+def test_predict_returns_denoised_images(mnist_dir, tiny_trainer):
+    out = tiny_trainer(limit_predict_batches=2).predict(DenoisingModule(), dm_for(mnist_dir, batch_size=8))
+    assert len(out) == 2 and out[0].shape == (8, 1, 28, 28)
+    assert out[0].min() >= 0 and out[0].max() <= 1
