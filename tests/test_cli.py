@@ -103,3 +103,14 @@ def test_print_config_shows_the_seed_defaults(capsys):
         main(["fit", f"--config={ROOT / 'configs' / 'mnist.yaml'}", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["lr"] == 0.001 and printed["trainer"]["max_epochs"] == 10
+
+
+def test_blind_gaussian_range_is_given_in_yaml_or_on_the_command_line(tmp_path, monkeypatch):
+    from dae.cli import DaeCLI
+    from dae.noise import GaussianNoise
+
+    monkeypatch.chdir(tmp_path)
+    args = [f"--config={ROOT / 'configs' / 'mnist.yaml'}", f"--data.data_dir={tmp_path}"]
+    cli = DaeCLI(args=[*args, "--model.noise.init_args.std=[0.1, 0.4]"], run=False)
+    assert isinstance(cli.model.noise, GaussianNoise) and cli.model.noise.std == (0.1, 0.4)
+    assert DaeCLI(args=args, run=False).model.noise.std == 0.5  # the seed's single std still works
