@@ -9,8 +9,10 @@ from typing import Callable, Sequence
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from dae.callbacks import ImageGridCallback, LossPlotCallback, write_loss_plot
+from dae.callbacks import ImageGridCallback, LossPlotCallback, PredictionImageWriter, write_loss_plot
 from dae.data import MNISTDataModule
+from dae.denoise import denoise_command
+from dae.export import export_command
 from dae.module import DenoisingModule
 
 TRAINER_DEFAULTS = {
@@ -23,7 +25,8 @@ TRAINER_DEFAULTS = {
 
 
 def default_callbacks() -> list:
-    """Callbacks every run gets: best (by val/loss) and last checkpoints, the image grid, loss.png."""
+    """Callbacks every run gets: best (by val/loss) and last checkpoints, the image grid, loss.png, and
+    ``dae predict``'s denoised PNGs."""
     return [
         ModelCheckpoint(
             monitor="val/loss",
@@ -34,6 +37,7 @@ def default_callbacks() -> list:
         ),
         ImageGridCallback(),
         LossPlotCallback(),
+        PredictionImageWriter(),
     ]
 
 
@@ -55,7 +59,8 @@ class DaeCLI(LightningCLI):
 
 _DESCRIPTION = (
     "Train, evaluate and use denoising autoencoders. Trainer commands: fit, validate, test, predict "
-    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR."
+    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, "
+    "dae denoise --ckpt RUN INPUT... -o OUTDIR, dae export --ckpt RUN --format onnx -o FILE."
 )
 
 
@@ -73,7 +78,11 @@ def plot_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "plot": plot_command,
+    "denoise": denoise_command,
+    "export": export_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -128,3 +129,20 @@ def test_network_configs_build_their_network_and_noise(config, net_class, std, t
     assert type(cli.model.net).__name__ == net_class
     assert cli.model.noise.std == std and cli.model.noise.clip
     assert cli.datamodule.dataset == "fashion_mnist"
+
+
+def test_predict_writes_denoised_pngs_of_the_test_split_into_the_run_folder(trained_run, mnist_dir, tmp_path):
+    import shutil
+
+    from dae.images import read_image
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    args = fit_args(mnist_dir, f"--trainer.logger.init_args.save_dir={tmp_path}")
+    args[0] = "predict"
+    args = [a for a in args if not a.startswith("--trainer.max_epochs") and "limit_train" not in a]
+    main([*args, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    written = sorted((run / "predictions").iterdir())
+    assert [p.name for p in written] == [f"{i:05d}.png" for i in range(96)]  # the 96 fixture test images
+    image = read_image(written[0])
+    assert image.shape == (28, 28, 1) and image.dtype == np.uint8 and image.std() > 0
