@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from dae.callbacks import ImageGridCallback, LossPlotCallback, PredictionImageWriter, write_loss_plot
 from dae.data import MNISTDataModule
 from dae.denoise import denoise_command
+from dae.evaluate import evaluate_command
 from dae.export import export_command
 from dae.module import DenoisingModule
 
@@ -59,8 +60,8 @@ class DaeCLI(LightningCLI):
 
 _DESCRIPTION = (
     "Train, evaluate and use denoising autoencoders. Trainer commands: fit, validate, test, predict "
-    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, "
-    "dae denoise --ckpt RUN INPUT... -o OUTDIR, dae export --ckpt RUN --format onnx -o FILE."
+    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, dae evaluate CKPT ..., "
+    "dae denoise --ckpt RUN INPUT... -o OUTDIR, dae export --ckpt RUN --format onnx -o FILE (each has --help)."
 )
 
 
@@ -80,6 +81,7 @@ def plot_command(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "plot": plot_command,
+    "evaluate": evaluate_command,
     "denoise": denoise_command,
     "export": export_command,
 }
