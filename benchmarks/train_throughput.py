@@ -330,8 +330,7 @@ def main() -> None:
           f" {'loss':>8}")
     for label, r in results.items():
         images_s = batch / r["step_s"]
-        training = label in ("plain loop", "dae fit")
-        frac = f"{images_s * flops / peak:.1%}" if training else "-"
+        frac = f"{images_s * flops / peak:.1%}" if label in training else "-"
         gpu = f"{r['device_peak_mib']:.0f}" if r["device_peak_mib"] is not None else "-"
         loss = f"{r['final_loss']:.4f}" if r.get("final_loss") is not None else "-"
         print(f"{label:16} {images_s:10.0f} {r['step_s'] * 1e3:8.2f} {frac:>12} {r['max_rss_mib']:11.0f} {gpu:>12}"
