@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dae.callbacks import ImageGridCallback, LossPlotCallback, PredictionImageWriter, write_loss_plot
 from dae.data import MNISTDataModule
@@ -42,6 +43,15 @@ def default_callbacks() -> list:
     ]
 
 
+# Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
+# metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
+# tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
+PROGRESS_BAR_DEFAULT = {
+    "class_path": "lightning.pytorch.callbacks.TQDMProgressBar",
+    "init_args": {"refresh_rate": 20},
+}
+
+
 class DaeCLI(LightningCLI):
     """LightningCLI with dae's defaults: run folders in lightning_logs/, checkpoints, image grids, loss.png."""
 
@@ -56,6 +66,21 @@ class DaeCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The bar is a config section of its own (progress_bar: class_path/init_args), e.g.
+        # --progress_bar.refresh_rate 100, or --progress_bar RichProgressBar.
+        parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True)
+        parser.set_defaults({"progress_bar": PROGRESS_BAR_DEFAULT})
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The Trainer with the config's callbacks, the progress bar among them unless the bar is switched off."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if config.get("enable_progress_bar") is False:
+            # --trainer.enable_progress_bar false switches the configured bar off (Lightning refuses both at once).
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        return self._instantiate_trainer(config, callbacks)
 
 
 _DESCRIPTION = (

@@ -146,3 +146,27 @@ def test_predict_writes_denoised_pngs_of_the_test_split_into_the_run_folder(trai
     assert [p.name for p in written] == [f"{i:05d}.png" for i in range(96)]  # the 96 fixture test images
     image = read_image(written[0])
     assert image.shape == (28, 28, 1) and image.dtype == np.uint8 and image.std() > 0
+
+
+def test_default_progress_bar_is_tqdm_redrawn_every_20_steps_and_configurable(mnist_dir, tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from dae.cli import DaeCLI
+
+    monkeypatch.chdir(tmp_path)
+    args = fit_args(mnist_dir)[1:]  # without the subcommand: run=False only builds
+    args, bar_off = [a for a in args if "enable_progress_bar" not in a], args
+    bar = DaeCLI(args=args, run=False).trainer.progress_bar_callback
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 20
+    bar = DaeCLI(args=[*args, "--progress_bar.refresh_rate=5"], run=False).trainer.progress_bar_callback
+    assert bar.refresh_rate == 5
+    bar = DaeCLI(args=[*args, "--progress_bar=RichProgressBar"], run=False).trainer.progress_bar_callback
+    assert isinstance(bar, RichProgressBar)
+    assert DaeCLI(args=bar_off, run=False).trainer.progress_bar_callback is None
+
+
+def test_on_device_fit_runs(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(fit_args(mnist_dir, "--data.on_device=true", "--trainer.max_epochs=1"))
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
