@@ -76,7 +76,7 @@ def test_evaluate_without_the_baselines_extra_gives_a_notice(two_checkpoints, tm
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("bm3d", "skimage") else real(name, *a))
-    out, rows, _ = _run(["--std", "0.25", str(two_checkpoints[0]), "--limit", "8", "-o", str(tmp_path / "e")], capsys)
+    out, rows, _ = _run(["--limit", "8", str(two_checkpoints[0]), "--std", "0.25", "-o", str(tmp_path / "e")], capsys)
     assert [r["method"] for r in rows] == ["noisy input", "UNet, GaussianNoise(std=0.5, clip=False)"]
     assert out.count("notice:") == 4 and "pip install 'dae[baselines]'" in out
 
