@@ -52,3 +52,16 @@ def write_mnist_files(folder: Path, n_train: int = 320, n_test: int = 96, compre
         labels = np.arange(len(images), dtype=np.uint8) % 10
         write_idx(folder / LABEL_FILES[split], labels, compress)
     return arrays
+
+
+def write_emnist_files(folder: Path, split: str, n_train: int = 80, n_test: int = 24) -> dict:
+    """Write EMNIST's four IDX files for ``split`` (gzip-compressed, images stored transposed as NIST does).
+
+    Returns the upright image arrays by split.
+    """
+    arrays = {"train": synthetic_images(n_train, seed=3), "test": synthetic_images(n_test, seed=4)}
+    for part, images in arrays.items():
+        stem = f"emnist-{split}-{part}"
+        write_idx(folder / f"{stem}-images-idx3-ubyte", images.transpose(0, 2, 1), compress=True)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte", np.zeros(len(images), np.uint8), compress=True)
+    return arrays
