@@ -145,25 +145,80 @@ def _batch_collate(batch: Tensor) -> Tensor:
     return batch
 
 
-def split_sizes(total: int, val_split: int | float) -> tuple[int, int]:
-    """(train, val) sizes for ``val_split`` given as a count (int >= 1) or a fraction in (0, 1)."""
-    if isinstance(val_split, bool) or not isinstance(val_split, (int, float)):
-        raise ValueError(f"val_split must be a count or a fraction, got {val_split!r}")
-    if isinstance(val_split, float):
-        if not 0.0 < val_split < 1.0:
-            raise ValueError(f"val_split as a fraction must lie strictly between 0 and 1, got {val_split}")
-        n_val = max(1, round(total * val_split))
-    else:
-        n_val = val_split
-    if not 1 <= n_val < total:
+def check_split(split: int | float, name: str = "val_split") -> None:
+    """Refuse a split size that is neither a count >= 1 nor a fraction strictly between 0 and 1."""
+    if isinstance(split, bool) or not isinstance(split, (int, float)):
+        raise ValueError(f"{name} must be a count or a fraction, got {split!r}")
+    if isinstance(split, float) and not 0.0 < split < 1.0:
+        raise ValueError(f"{name} as a fraction must lie strictly between 0 and 1, got {split}")
+    if isinstance(split, int) and split < 1:
+        raise ValueError(f"{name} as a count must be >= 1, got {split}")
+
+
+def split_sizes(
+    total: int, split: int | float, name: str = "val_split", source: str = "the training file"
+) -> tuple[int, int]:
+    """(rest, split) sizes for a split of ``total`` images given as a count (int >= 1) or a fraction in (0, 1).
+
+    ``name`` (the argument) and ``source`` (where the ``total`` images come from) word the error messages.
+    """
+    check_split(split, name)
+    n_split = max(1, round(total * split)) if isinstance(split, float) else split
+    if not n_split < total:
         raise ValueError(
-            f"val_split={val_split!r} leaves no images for training or validation: the training file has "
-            f"{total} images, so give a count between 1 and {total - 1} or a fraction such as 0.1"
+            f"{name}={split!r} leaves no images for the other splits: {source} has {total} images, "
+            f"so give a count between 1 and {total - 1} or a fraction such as 0.1"
         )
-    return total - n_val, n_val
+    return total - n_split, n_split
 
 
-class MNISTDataModule(L.LightningDataModule):
+class InMemoryDataModule(L.LightningDataModule):
+    """What every dae data module shares: datasets built in ``setup``, served as uint8 batches (B, C, H, W).
+
+    Subclasses set ``channels`` (the network's ``in_channels`` follows it) and fill ``train_set``,
+    ``val_set`` and ``test_set`` in ``setup``; the test split also serves ``predict``.
+    """
+
+    channels: int = 1
+
+    def __init__(self, batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_batch_collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class MNISTDataModule(InMemoryDataModule):
     """MNIST-format data sets (MNIST, Fashion-MNIST, KMNIST, EMNIST) from IDX files; gray, so ``channels`` is 1.
 
     The official training file is split into train/val by a seeded permutation; the official test file is
@@ -183,8 +238,6 @@ class MNISTDataModule(L.LightningDataModule):
         download: fetch missing files with torchvision in ``prepare_data``.
     """
 
-    channels = 1
-
     def __init__(
         self,
         dataset: str = "mnist",
@@ -195,27 +248,18 @@ class MNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
             raise ValueError(f"data_dir {data_dir!r} is a file; give the folder that holds the IDX files")
         split_sizes(DATASETS[dataset].train_size, val_split)  # fails early; setup checks the files' real size
         self.save_hyperparameters()
         self.dataset = dataset
         self.data_dir = data_dir
-        self.batch_size = batch_size
         self.val_split = val_split
         self.split_seed = split_seed
-        self.num_workers = num_workers
         self.download = download
-        self.train_set: ImageTensorDataset | None = None
-        self.val_set: ImageTensorDataset | None = None
-        self.test_set: ImageTensorDataset | None = None
 
     @property
     def spec(self) -> IDXDataset:
@@ -291,27 +335,3 @@ class MNISTDataModule(L.LightningDataModule):
             self.val_set = ImageTensorDataset(images[perm[n_train:]])
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = ImageTensorDataset(self._load("test"))
-
-    def _loader(self, dataset: ImageTensorDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for a dataloader")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=_batch_collate,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
