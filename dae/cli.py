@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dae.callbacks import ImageGridCallback, LossPlotCallback, write_loss_plot
 from dae.data import MNISTDataModule
+from dae.evaluate import evaluate_command
 from dae.module import DenoisingModule
 
 TRAINER_DEFAULTS = {
@@ -55,7 +56,8 @@ class DaeCLI(LightningCLI):
 
 _DESCRIPTION = (
     "Train, evaluate and use denoising autoencoders. Trainer commands: fit, validate, test, predict "
-    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR."
+    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, dae evaluate CKPT ... "
+    "(each has --help)."
 )
 
 
@@ -73,7 +75,7 @@ def plot_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command, "evaluate": evaluate_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
