@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dae.callbacks import ImageGridCallback, LossPlotCallback, write_loss_plot
-from dae.data import MNISTDataModule
+from dae.data import InMemoryDataModule
 from dae.evaluate import evaluate_command
 from dae.module import DenoisingModule
 
@@ -44,7 +44,7 @@ class DaeCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         super().__init__(
             DenoisingModule,
-            MNISTDataModule,
+            InMemoryDataModule,  # any of its subclasses, by class_path: MNISTDataModule, ImageFolderDataModule
             subclass_mode_data=True,
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": default_callbacks()},
             save_config_kwargs={"overwrite": True},
@@ -52,6 +52,11 @@ class DaeCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The network's channel count follows the data (1 for MNIST-format sets, data.channels for image
+        # folders), whatever the config says, so the two cannot disagree. Every dae network takes in_channels.
+        parser.link_arguments("data.channels", "model.net.init_args.in_channels", apply_on="instantiate")
 
 
 _DESCRIPTION = (

@@ -66,7 +66,10 @@ def load_image_folder(root: Path, channels: int, min_size: int) -> list[Tensor]:
         except Exception:  # noqa: BLE001 - whatever Pillow raises on one file, that file is unreadable
             unreadable.append(path)
             continue
-        (images if min(image.shape[1:]) >= min_size else small).append(image)
+        if min(image.shape[1:]) >= min_size:
+            images.append(image)
+        else:
+            small.append(path)
     skipped = []
     if unreadable:
         skipped.append(f"{len(unreadable)} not readable as PNG/JPEG/TIFF/BMP images ({_named(unreadable, root)})")
