@@ -1,4 +1,4 @@
-"""Callbacks that only observe training: the image grid and the training-loss plot."""
+"""Callbacks that only observe: the image grid, the training-loss plot, and the prediction PNG writer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid
@@ -103,3 +105,41 @@ class LossPlotCallback(L.Callback):
             write_loss_plot(logger.log_dir)
         except ValueError as e:  # e.g. a resumed run that had no steps left to train
             rank_zero_warn(f"loss plot skipped: {e}")
+
+
+class PredictionImageWriter(BasePredictionWriter):
+    """Writes every image ``predict`` returns as an 8-bit PNG named by its index in the data set.
+
+    Args:
+        output_dir: where to write; default ``predictions/`` in the run folder of the checkpoint being
+            predicted with (``RUN/checkpoints/x.ckpt`` -> ``RUN/predictions/``), else in the trainer's log dir.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        ckpt = Path(trainer.ckpt_path) if trainer.ckpt_path else None
+        if ckpt is not None and ckpt.parent.name == "checkpoints":
+            return ckpt.parent.parent / "predictions"
+        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        from dae.images import from_unit_tensor, write_image
+
+        folder = self.folder(trainer)
+        indices = batch_indices or range(batch_idx * len(prediction), (batch_idx + 1) * len(prediction))
+        for index, image in zip(indices, prediction):
+            write_image(folder / f"{index:05d}.png", from_unit_tensor(image, np.dtype(np.uint8)))

@@ -6,12 +6,15 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from dae.callbacks import ImageGridCallback, LossPlotCallback, write_loss_plot
+from dae.callbacks import ImageGridCallback, LossPlotCallback, PredictionImageWriter, write_loss_plot
 from dae.data import InMemoryDataModule
+from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
+from dae.export import export_command
 from dae.module import DenoisingModule
 
 TRAINER_DEFAULTS = {
@@ -24,7 +27,8 @@ TRAINER_DEFAULTS = {
 
 
 def default_callbacks() -> list:
-    """Callbacks every run gets: best (by val/loss) and last checkpoints, the image grid, loss.png."""
+    """Callbacks every run gets: best (by val/loss) and last checkpoints, the image grid, loss.png, and
+    ``dae predict``'s denoised PNGs."""
     return [
         ModelCheckpoint(
             monitor="val/loss",
@@ -35,7 +39,17 @@ def default_callbacks() -> list:
         ),
         ImageGridCallback(),
         LossPlotCallback(),
+        PredictionImageWriter(),
     ]
+
+
+# Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
+# metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
+# tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
+PROGRESS_BAR_DEFAULT = {
+    "class_path": "lightning.pytorch.callbacks.TQDMProgressBar",
+    "init_args": {"refresh_rate": 20},
+}
 
 
 class DaeCLI(LightningCLI):
@@ -53,16 +67,29 @@ class DaeCLI(LightningCLI):
             **kwargs,
         )
 
-    def add_arguments_to_parser(self, parser) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The bar is a config section of its own (progress_bar: class_path/init_args), e.g.
+        # --progress_bar.refresh_rate 100, or --progress_bar RichProgressBar.
+        parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True)
+        parser.set_defaults({"progress_bar": PROGRESS_BAR_DEFAULT})
         # The network's channel count follows the data (1 for MNIST-format sets, data.channels for image
         # folders), whatever the config says, so the two cannot disagree. Every dae network takes in_channels.
         parser.link_arguments("data.channels", "model.net.init_args.in_channels", apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The Trainer with the config's callbacks, the progress bar among them unless the bar is switched off."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if config.get("enable_progress_bar") is False:
+            # --trainer.enable_progress_bar false switches the configured bar off (Lightning refuses both at once).
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        return self._instantiate_trainer(config, callbacks)
+
 
 _DESCRIPTION = (
     "Train, evaluate and use denoising autoencoders. Trainer commands: fit, validate, test, predict "
-    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, dae evaluate CKPT ... "
-    "(each has --help)."
+    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, dae evaluate CKPT ..., "
+    "dae denoise --ckpt RUN INPUT... -o OUTDIR, dae export --ckpt RUN --format onnx -o FILE (each has --help)."
 )
 
 
@@ -80,7 +107,12 @@ def plot_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command, "evaluate": evaluate_command}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "plot": plot_command,
+    "evaluate": evaluate_command,
+    "denoise": denoise_command,
+    "export": export_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
