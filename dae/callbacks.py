@@ -1,4 +1,4 @@
-"""Callbacks that only observe training: the image grid and the training-loss plot."""
+"""Callbacks: the image grid, the training-loss plot, hyperparameters for TensorBoard, the non-finite loss stop."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
 from torchvision.utils import make_grid
 
 LOSS_PLOT_NAME = "loss.png"
@@ -103,3 +104,80 @@ class LossPlotCallback(L.Callback):
             write_loss_plot(logger.log_dir)
         except ValueError as e:  # e.g. a resumed run that had no steps left to train
             rank_zero_warn(f"loss plot skipped: {e}")
+
+
+def flatten_hparams(params: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested hyperparameters as one level of ``a/b`` keys with values TensorBoard can show."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_hparams(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+class TensorBoardRunCallback(L.Callback):
+    """Makes a run read well in TensorBoard.
+
+    * Fills the HPARAMS tab with the model's, data's and main trainer settings beside ``metrics``; TensorBoard
+      shows each metric's latest value in the run, so the tab holds the final ``val/psnr``. (Lightning's own
+      ``log_hyperparams(params, metrics)`` would also log the metrics as scalars at step 0, a false first point
+      on every curve, so this writes only the hparams summaries.)
+    * When training resumes from a checkpoint, marks a restart at its step, so that TensorBoard drops what the
+      interrupted run logged after that checkpoint instead of drawing those steps twice.
+    """
+
+    def __init__(self, metrics: tuple[str, ...] = ("val/psnr", "val/ssim", "val/loss")) -> None:
+        super().__init__()
+        self.metrics = tuple(metrics)
+
+    @staticmethod
+    def _writers(trainer: L.Trainer) -> list:
+        return [lg.experiment._get_file_writer() for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        params = {
+            "model": dict(pl_module.hparams),
+            "data": dict(trainer.datamodule.hparams) if trainer.datamodule is not None else {},
+            "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                        "world_size": trainer.world_size},
+            "seed": torch.initial_seed(),
+        }
+        summaries = hparams(flatten_hparams(params), {name: 0.0 for name in self.metrics})
+        for writer in self._writers(trainer):
+            for summary in summaries:
+                writer.add_summary(summary)
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        for writer in self._writers(trainer):  # the same event SummaryWriter(purge_step=...) writes
+            writer.add_event(Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START)))
+
+
+class NonFiniteLossStop(L.Callback):
+    """Stops training, before the weights are touched, when the training loss is NaN or infinite.
+
+    It checks the loss before ``backward``, so neither that step nor any checkpoint holds non-finite weights:
+    the checkpoints written so far stay as they were. Under DDP all ranks stop together.
+    """
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        loop = trainer.fit_loop.epoch_loop
+        raise FloatingPointError(
+            f"the training loss is {loss.item()} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"batch {loop.batch_idx}); training stopped before this step changed the weights, and the checkpoints "
+            "written so far are intact. Lower --model.lr or check the data and noise settings, then resume from "
+            "last.ckpt (--ckpt_path last) or start again."
+        )

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from dae.callbacks import ImageGridCallback, LossPlotCallback, write_loss_plot
+from dae.callbacks import (
+    ImageGridCallback,
+    LossPlotCallback,
+    NonFiniteLossStop,
+    TensorBoardRunCallback,
+    write_loss_plot,
+)
+from dae.checkpointing import LAST_NAME, LastCheckpoint
 from dae.data import MNISTDataModule
 from dae.module import DenoisingModule
 
@@ -19,22 +30,40 @@ TRAINER_DEFAULTS = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
+    "plugins": [{"class_path": "dae.checkpointing.AtomicCheckpointIO"}],
 }
 
 
 def default_callbacks() -> list:
-    """Callbacks every run gets: best (by val/loss) and last checkpoints, the image grid, loss.png."""
+    """Callbacks every run gets: the best checkpoint (by val/loss), image grids, loss.png, TensorBoard
+    hparams and restarts, the stop on a non-finite loss.
+
+    ``last.ckpt`` comes from ``LastCheckpoint``, which the CLI exposes as ``last_checkpoint.*``.
+    """
     return [
         ModelCheckpoint(
             monitor="val/loss",
             mode="min",
-            save_last=True,
             filename="best-epoch{epoch:02d}-step{step}",
             auto_insert_metric_name=False,
         ),
         ImageGridCallback(),
         LossPlotCallback(),
+        TensorBoardRunCallback(),
+        NonFiniteLossStop(),
     ]
+
+
+def continue_latest_run(config: Namespace) -> None:
+    """With ``--ckpt_path last`` and no fixed logger version, log into the newest run folder that has a
+    ``last.ckpt``, so that Lightning finds that file and the resumed run goes on in the same folder."""
+    init = getattr(config.trainer.logger, "init_args", None)
+    if config.get("ckpt_path") != "last" or init is None or init.get("version") is not None:
+        return
+    root = Path(init.get("save_dir") or ".") / str(init.get("name") or "")
+    lasts = list(root.glob(f"*/checkpoints/{LAST_NAME}"))
+    if lasts:
+        init.version = max(lasts, key=lambda p: p.stat().st_mtime).parent.parent.name
 
 
 class DaeCLI(LightningCLI):
@@ -51,6 +80,13 @@ class DaeCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            continue_latest_run(self.config.fit)
 
 
 _DESCRIPTION = (
@@ -76,11 +112,30 @@ def plot_command(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command}
 
 
+# Errors that dae's own checks raise about what the user gave it: shown as one message, without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
+
+def _raised_by_dae(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().parent == Path(__file__).resolve().parent
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         return COMMANDS[args[0]](args[1:])
-    DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    try:
+        DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    except SIGTERMException:  # stopped on request after saving last.ckpt (see LastCheckpoint)
+        return 128 + signal.SIGTERM
+    except USER_ERRORS as e:
+        if not _raised_by_dae(e):
+            raise
+        print(f"dae {args[0] if args else ''}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

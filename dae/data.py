@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from dae.sampling import EpochShuffleSampler, ResumableDataLoader
+
 # IDX magic numbers: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
 _IDX_UBYTE = 0x08
 _SPLIT_FILES = {
@@ -232,26 +234,35 @@ class MNISTDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = ImageTensorDataset(self._load("test"))
 
-    def _loader(self, dataset: ImageTensorDataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ImageTensorDataset | None, shuffle_seed: int | None = None) -> DataLoader:
+        """A loader in file order, or (with ``shuffle_seed``) a resumable shuffled one for training."""
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return DataLoader(
-            dataset,
+        kwargs: dict = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=_batch_collate,
             persistent_workers=self.num_workers > 0,
         )
+        if shuffle_seed is None:
+            return DataLoader(dataset, **kwargs)
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return ResumableDataLoader(dataset, EpochShuffleSampler(dataset, shuffle_seed, world_size, rank), **kwargs)
+
+    def _shuffle_seed(self) -> int:
+        # The training order follows seed_everything; under DDP rank 0's seed wins so that all ranks agree.
+        seed = torch.initial_seed() % 2**62
+        return seed if self.trainer is None else self.trainer.strategy.broadcast(seed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle_seed=self._shuffle_seed())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -63,3 +65,26 @@ def fit_args(data_dir: Path, *extra: str) -> list[str]:
         "--trainer.log_every_n_steps=1",
         *extra,
     ]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dae_subprocess(cwd: Path, args: list[str]) -> subprocess.Popen:
+    """Start ``python -m dae ARGS`` in ``cwd`` (output in cwd/dae.log), with tests.probes importable."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    with open(cwd / "dae.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "dae", *args], cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def run_dae(cwd: Path, args: list[str], timeout: float = 240) -> tuple[int, str]:
+    """Run ``python -m dae ARGS`` in ``cwd`` to its end (killed after ``timeout`` s); returns (exit code, output)."""
+    proc = dae_subprocess(cwd, args)
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+    return code, (cwd / "dae.log").read_text(errors="replace")
