@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import nn
 
 from dae.callbacks import (
     ImageGridCallback,
@@ -66,6 +68,31 @@ def continue_latest_run(config: Namespace) -> None:
         init.version = max(lasts, key=lambda p: p.stat().st_mtime).parent.parent.name
 
 
+# Options that take a class, and the module whose classes they are usually chosen from.
+CLASS_OPTIONS = {"model.net": "dae.nets", "model.noise": "dae.noise"}
+
+
+def module_classes(module_name: str) -> list[str]:
+    """Names of the ``nn.Module`` classes defined in a module, e.g. the noise models of ``dae.noise``."""
+    module = importlib.import_module(module_name)
+    return [name for name, obj in vars(module).items()
+            if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module_name]
+
+
+class DaeArgumentParser(LightningArgumentParser):
+    """Reports a bad option with jsonargparse's message, a one-line usage instead of the 50-line one, and for
+    an unknown network or noise name the classes there are to choose from."""
+
+    def print_usage(self, file=None) -> None:
+        print(f"usage: {self.prog} [--config FILE] [--KEY VALUE ...]   (--help lists every KEY)", file=file)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        for key, module_name in CLASS_OPTIONS.items():
+            if f'Parser key "{key}"' in message:
+                message += f"\n--{key} takes one of: {', '.join(module_classes(module_name))} (from {module_name})"
+        super().error(message, ex)
+
+
 class DaeCLI(LightningCLI):
     """LightningCLI with dae's defaults: run folders in lightning_logs/, checkpoints, image grids, loss.png."""
 
@@ -76,7 +103,8 @@ class DaeCLI(LightningCLI):
             subclass_mode_data=True,
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": default_callbacks()},
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": _DESCRIPTION},
+            parser_kwargs={"prog": "dae", "description": _DESCRIPTION},
+            parser_class=DaeArgumentParser,
             args=args,
             **kwargs,
         )
@@ -85,8 +113,12 @@ class DaeCLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc") and "://" not in ckpt_path and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         if self.subcommand == "fit":
-            continue_latest_run(self.config.fit)
+            continue_latest_run(config)
 
 
 _DESCRIPTION = (
@@ -114,13 +146,21 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command}
 
 # Errors that dae's own checks raise about what the user gave it: shown as one message, without a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def _raised_by_dae(error: BaseException) -> bool:
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().parent == Path(__file__).resolve().parent
+def user_error(error: BaseException) -> BaseException | None:
+    """The error dae's own checks raised, if ``error`` is one or was caused by one (jsonargparse wraps the errors
+    of the classes it builds); ``None`` for anything else, which keeps its traceback."""
+    while error is not None:
+        tb = error.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if isinstance(error, USER_ERRORS) and tb is not None:
+            if Path(tb.tb_frame.f_code.co_filename).resolve().parent == _PACKAGE_DIR:
+                return error
+        error = error.__cause__
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SIGTERMException:  # stopped on request after saving last.ckpt (see LastCheckpoint)
         return 128 + signal.SIGTERM
     except USER_ERRORS as e:
-        if not _raised_by_dae(e):
+        if (cause := user_error(e)) is None:
             raise
-        print(f"dae {args[0] if args else ''}: error: {e}", file=sys.stderr)
+        print(f"dae {args[0] if args else ''}: error: {cause}", file=sys.stderr)
         return 2
     return 0
 

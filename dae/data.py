@@ -114,7 +114,9 @@ def split_sizes(total: int, val_split: int | float) -> tuple[int, int]:
         n_val = max(1, round(total * val_split))
     else:
         n_val = val_split
-    if not 1 <= n_val < total:
+    if n_val < 1:
+        raise ValueError(f"val_split must be a count >= 1 or a fraction between 0 and 1, got {val_split!r}")
+    if n_val >= total:
         raise ValueError(
             f"val_split={val_split!r} leaves no images for training or validation: the training file has "
             f"{total} images, so give a count between 1 and {total - 1} or a fraction such as 0.1"
