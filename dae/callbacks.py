@@ -110,6 +110,8 @@ def flatten_hparams(params: dict[str, Any], prefix: str = "") -> dict[str, bool 
     """Nested hyperparameters as one level of ``a/b`` keys with values TensorBoard can show."""
     flat: dict[str, bool | int | float | str] = {}
     for key, value in params.items():
+        if str(key).startswith("_"):  # LightningCLI's bookkeeping (_instantiator, _class_path), not settings
+            continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flatten_hparams(value, f"{name}/"))

@@ -137,5 +137,5 @@ def test_dae_fit_writes_checkpoints_through_the_atomic_checkpoint_io(mnist_dir, 
     from dae.cli import DaeCLI
 
     monkeypatch.chdir(tmp_path)
-    cli = DaeCLI(args=fit_args(mnist_dir), run=False)
+    cli = DaeCLI(args=fit_args(mnist_dir)[1:], run=False)  # [1:]: no "fit" subcommand when run=False
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
