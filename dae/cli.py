@@ -24,6 +24,7 @@ from dae.callbacks import (
 )
 from dae.checkpointing import LAST_NAME, LastCheckpoint
 from dae.data import MNISTDataModule
+from dae.evaluate import evaluate_command
 from dae.module import DenoisingModule
 
 TRAINER_DEFAULTS = {
@@ -123,7 +124,8 @@ class DaeCLI(LightningCLI):
 
 _DESCRIPTION = (
     "Train, evaluate and use denoising autoencoders. Trainer commands: fit, validate, test, predict "
-    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR."
+    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, dae evaluate CKPT ... "
+    "(each has --help)."
 )
 
 
@@ -141,7 +143,7 @@ def plot_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command, "evaluate": evaluate_command}
 
 
 # Errors that dae's own checks raise about what the user gave it: shown as one message, without a traceback.

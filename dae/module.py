@@ -25,7 +25,8 @@ def to_unit_float(images: Tensor) -> Tensor:
     return images.float()
 
 
-def _image_metrics(prefix: str) -> MetricCollection:
+def image_metrics(prefix: str) -> MetricCollection:
+    """PSNR and SSIM (data range 1) of denoised vs clean batches, keys prefixed with ``prefix``."""
     # Per-image PSNR (dim over C, H, W) averaged over images, as the literature reports it.
     return MetricCollection(
         {
@@ -76,7 +77,7 @@ class DenoisingModule(L.LightningModule):
         # Persistent: a run resumed mid-epoch still reports the mean over the whole epoch.
         self.train_loss = MeanMetric()
         self.train_loss.persistent(True)
-        self.eval_metrics = nn.ModuleDict({s: _image_metrics(f"{s}/") for s in STAGES})
+        self.eval_metrics = nn.ModuleDict({s: image_metrics(f"{s}/") for s in STAGES})
         self.noisy_psnr = nn.ModuleDict(
             {s: PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)) for s in STAGES}
         )

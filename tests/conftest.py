@@ -67,6 +67,18 @@ def fit_args(data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="session")
+def trained_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of one short ``dae fit`` (5 epochs of 4 steps) shared by the tests that use a model."""
+    from dae.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    torch.manual_seed(0)
+    main(fit_args(mnist_dir, "--trainer.max_epochs=5", "--trainer.limit_train_batches=4", "--model.lr=0.003",
+                  f"--trainer.logger.init_args.save_dir={root}", f"--trainer.default_root_dir={root}"))
+    return root / "lightning_logs" / "version_0"
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

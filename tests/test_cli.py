@@ -105,6 +105,31 @@ def test_print_config_shows_the_seed_defaults(capsys):
     assert printed["model"]["lr"] == 0.001 and printed["trainer"]["max_epochs"] == 10
 
 
+def test_blind_gaussian_range_is_given_in_yaml_or_on_the_command_line(tmp_path, monkeypatch):
+    from dae.cli import DaeCLI
+    from dae.noise import GaussianNoise
+
+    monkeypatch.chdir(tmp_path)
+    args = [f"--config={ROOT / 'configs' / 'mnist.yaml'}", f"--data.data_dir={tmp_path}"]
+    cli = DaeCLI(args=[*args, "--model.noise.init_args.std=[0.1, 0.4]"], run=False)
+    assert isinstance(cli.model.noise, GaussianNoise) and cli.model.noise.std == (0.1, 0.4)
+    assert DaeCLI(args=args, run=False).model.noise.std == 0.5  # the seed's single std still works
+
+
+@pytest.mark.parametrize(
+    "config,net_class,std",
+    [("unet.yaml", "UNet", 0.5), ("unet_blind.yaml", "UNet", (0.0, 0.5)), ("dncnn.yaml", "DnCNN", 0.5)],
+)
+def test_network_configs_build_their_network_and_noise(config, net_class, std, tmp_path, monkeypatch):
+    from dae.cli import DaeCLI
+
+    monkeypatch.chdir(tmp_path)
+    cli = DaeCLI(args=[f"--config={ROOT / 'configs' / config}", f"--data.init_args.data_dir={tmp_path}"], run=False)
+    assert type(cli.model.net).__name__ == net_class
+    assert cli.model.noise.std == std and cli.model.noise.clip
+    assert cli.datamodule.dataset == "fashion_mnist"
+
+
 def test_same_seed_gives_identical_losses_and_another_seed_does_not(mnist_dir, tmp_path, monkeypatch):
     def train_losses(folder: str, *extra: str) -> list[tuple[int, float]]:
         (tmp_path / folder).mkdir()

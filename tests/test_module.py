@@ -3,7 +3,7 @@ import torch
 
 from dae.data import MNISTDataModule
 from dae.module import DenoisingModule
-from dae.nets import ConvAutoencoder
+from dae.nets import ConvAutoencoder, DnCNN, UNet
 from dae.noise import GaussianNoise
 
 
@@ -65,10 +65,14 @@ def test_validation_logs_loss_psnr_ssim_and_noisy_baseline(mnist_dir, tiny_train
     assert again == metrics  # seeded evaluation noise: identical numbers
 
 
-def test_short_training_lowers_validation_loss(mnist_dir, tiny_trainer):
+@pytest.mark.parametrize(
+    "make_net", [ConvAutoencoder, lambda: UNet(width=8, depth=2), lambda: DnCNN(depth=4, width=8)],
+    ids=["seed", "unet", "dncnn"],
+)
+def test_short_training_lowers_validation_loss(mnist_dir, tiny_trainer, make_net):
     torch.manual_seed(0)
     dm = dm_for(mnist_dir, batch_size=16)
-    module = DenoisingModule(lr=3e-3)
+    module = DenoisingModule(net=make_net(), lr=3e-3)
     before = tiny_trainer().validate(module, dm)[0]["val/loss"]
     tiny_trainer(max_epochs=4, limit_train_batches=16).fit(module, dm)
     after = tiny_trainer().validate(module, dm)[0]["val/loss"]

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from dae.nets import ConvAutoencoder
+from dae.nets import ConvAutoencoder, DnCNN, UNet
 
 
 def test_seed_autoencoder_has_the_seed_architecture():
@@ -28,3 +29,75 @@ def test_seed_autoencoder_maps_28x28_to_28x28_in_unit_range():
 def test_seed_autoencoder_follows_channel_count():
     net = ConvAutoencoder(in_channels=3)
     assert net(torch.rand(2, 3, 28, 28)).shape == (2, 3, 28, 28)
+
+
+# Parameter counts worked out by hand from the layer list (3x3 convs, 2x2 transposed convs, biases, BN affine):
+# UNet(width 32, depth 2): encoder 9,568 + 55,424 + 221,440, up-convs 32,832 + 8,224, decoder 110,720 + 27,712,
+# 1x1 head 33 -> 465,953; three channels add 2*9*32 to the first conv and 2*32 + 2 to the head.
+# DnCNN(depth 8, width 32): first conv 320, six conv+BN layers 9,280 each, last conv 289 -> 56,289;
+# three channels add 2*9*32 to the first conv and 2*9*32 + 2 to the last.
+NETS = {
+    "unet": (lambda c: UNet(in_channels=c, width=32, depth=2), {1: 465_953, 3: 466_595}),
+    "dncnn": (lambda c: DnCNN(in_channels=c, depth=8, width=32), {1: 56_289, 3: 57_443}),
+}
+
+
+@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [(28, 28), (29, 31), (5, 3), (1, 1)])
+def test_fully_convolutional_nets_keep_shape_and_parameter_count(name, channels, size):
+    make, counts = NETS[name]
+    net = make(channels)
+    assert sum(p.numel() for p in net.parameters()) == counts[channels]
+    x = torch.rand(2, channels, *size)
+    assert net(x).shape == x.shape
+
+
+@pytest.mark.parametrize("make", [lambda: UNet(width=8, depth=3), lambda: DnCNN(depth=4, width=8)])
+def test_residual_nets_return_the_input_minus_the_predicted_noise(make):
+    net = make()
+    last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    x = torch.rand(3, 1, 13, 17)
+    assert torch.equal(net(x), x)  # zero noise estimate: the input passes through untouched
+    torch.nn.init.constant_(last.bias, 0.25)
+    assert torch.allclose(net(x), x - 0.25)
+
+
+def test_unet_skips_carry_full_resolution_detail():
+    """Changing one pixel changes the output at that pixel and far away (large receptive field)."""
+    torch.manual_seed(0)
+    net = UNet(width=8, depth=2, residual=False).eval()
+    x = torch.rand(1, 1, 28, 28)
+    y = x.clone()
+    y[0, 0, 3, 3] += 1.0
+    diff = (net(y) - net(x)).abs()[0, 0]
+    assert diff[3, 3] > 0
+    assert diff[10, 10] > 0  # 7 pixels away: beyond any single level's 3x3 pair, reached through pooling
+    assert diff[27, 27] == 0  # but not the whole image: the field ends
+
+
+def test_dncnn_receptive_field_is_two_pixels_per_layer_plus_one():
+    torch.manual_seed(0)
+    net = DnCNN(depth=4, width=8, residual=False).eval()
+    x = torch.rand(1, 1, 21, 21)
+    y = x.clone()
+    y[0, 0, 10, 10] += 1.0
+    changed = ((net(y) - net(x)).abs()[0, 0] > 0).nonzero()
+    assert changed[:, 0].min() == 10 - 4 and changed[:, 0].max() == 10 + 4
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: UNet(in_channels=0), "in_channels must be >= 1"),
+        (lambda: UNet(width=0), "width must be >= 1"),
+        (lambda: UNet(depth=0), "depth must be >= 1"),
+        (lambda: DnCNN(depth=1), "depth must be >= 2"),
+        (lambda: DnCNN(width=-3), "width must be >= 1"),
+    ],
+)
+def test_bad_network_sizes_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

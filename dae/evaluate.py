@@ -1,0 +1,226 @@
+"""``dae evaluate``: trained checkpoints and classical denoisers scored on the same seeded noisy test images.
+
+For each noise std the clean test images get one noisy copy (a seeded generator, so every run and every
+method sees the very same noisy images); each method denoises it and is scored by per-image PSNR and SSIM
+(torchmetrics, data range 1, outputs clipped to [0, 1]) and timed in images/s. Classical baselines are
+tuned per std on validation images with their own seeded noise, never on the test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from dae.baselines import BASELINES, Baseline, available_baselines
+from dae.data import DATASETS, MNISTDataModule
+from dae.module import DenoisingModule, image_metrics, to_unit_float
+from dae.noise import GaussianNoise
+
+DEFAULT_STDS = (0.1, 0.25, 0.5)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method at one noise std."""
+
+    method: str
+    std: float
+    psnr: float
+    ssim: float
+    images_per_s: float | None  # None for the noisy input, which costs nothing
+    params: str = ""  # the tuned parameters of a classical method, or the checkpoint file of a network
+
+
+def noisy_copy(clean: Tensor, std: float, seed: int, clip: bool) -> Tensor:
+    """``clean`` with Gaussian noise from a generator seeded with ``seed``: the same images every call."""
+    return GaussianNoise(std, clip=clip)(clean, generator=torch.Generator().manual_seed(seed))
+
+
+def scores(denoised: Tensor, clean: Tensor, chunk: int = 1000) -> tuple[float, float]:
+    """Per-image mean PSNR (dB) and SSIM of ``denoised`` (clipped to [0, 1]) against ``clean``."""
+    metrics = image_metrics("")
+    for d, c in zip(denoised.split(chunk), clean.split(chunk)):
+        metrics.update(d.float().clamp(0, 1), c)
+    result = metrics.compute()
+    return float(result["psnr"]), float(result["ssim"])
+
+
+class NetworkMethod:
+    """A trained ``DenoisingModule`` run in batches without gradients."""
+
+    def __init__(self, name: str, module: DenoisingModule, source: str, batch_size: int = 256) -> None:
+        self.name, self.module, self.source, self.batch_size = name, module.eval(), source, batch_size
+
+    def prepare(self, std: float) -> str:
+        return self.source
+
+    @torch.no_grad()
+    def __call__(self, noisy: Tensor, std: float) -> Tensor:
+        return torch.cat([self.module(batch) for batch in noisy.split(self.batch_size)])
+
+
+class BaselineMethod:
+    """A classical denoiser given the true std, its parameters tuned per std on validation images."""
+
+    def __init__(self, baseline: Baseline, clean_val: Tensor, seed: int, clip: bool) -> None:
+        self.name, self.baseline = baseline.name, baseline
+        self.clean_val, self.seed, self.clip = clean_val, seed, clip
+        self.params: dict[float, dict[str, Any]] = {}
+
+    def prepare(self, std: float) -> str:
+        """Pick the grid point with the best validation PSNR at ``std``; returns it as text."""
+        grid = self.baseline.grid
+        best = grid[0]
+        if len(grid) > 1:
+            noisy = noisy_copy(self.clean_val, std, self.seed, self.clip)
+            psnrs = [scores(self.baseline.denoise(noisy, std, p), self.clean_val)[0] for p in grid]
+            best = grid[max(range(len(grid)), key=psnrs.__getitem__)]
+        self.params[std] = best
+        return " ".join(f"{k}={v}" for k, v in best.items())
+
+    def __call__(self, noisy: Tensor, std: float) -> Tensor:
+        return self.baseline.denoise(noisy, std, self.params[std])
+
+
+def evaluate(methods: Sequence[Any], clean: Tensor, stds: Iterable[float], seed: int, clip: bool) -> list[Row]:
+    """Score the noisy input and every method at every std on one shared noisy copy of ``clean`` per std."""
+    rows = []
+    for std in stds:
+        noisy = noisy_copy(clean, std, seed, clip)
+        rows.append(Row("noisy input", std, *scores(noisy, clean), images_per_s=None))
+        for method in methods:
+            params = method.prepare(std)
+            start = time.perf_counter()
+            denoised = method(noisy.clone(), std)  # a clone: no method can alter what the next one sees
+            seconds = time.perf_counter() - start
+            rows.append(Row(method.name, std, *scores(denoised, clean), len(clean) / seconds, params))
+    return rows
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """One line per method; PSNR / SSIM per std, and images/s averaged over the stds."""
+    stds = list(dict.fromkeys(r.std for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    cell = {(r.method, r.std): r for r in rows}
+    header = ["method", *(f"std {s:g}: PSNR / SSIM" for s in stds), "images/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        found = [cell[method, s] for s in stds if (method, s) in cell]
+        speeds = [r.images_per_s for r in found if r.images_per_s is not None]
+        speed = f"{sum(speeds) / len(speeds):,.0f}" if speeds else "-"
+        values = [f"{cell[method, s].psnr:.2f} / {cell[method, s].ssim:.3f}" if (method, s) in cell else "-"
+                  for s in stds]
+        lines.append("| " + " | ".join([method, *values, speed]) + " |")
+    return "\n".join(lines)
+
+
+def write_results(rows: Sequence[Row], settings: dict[str, Any], prefix: Path) -> tuple[Path, Path]:
+    """``prefix.csv`` (one line per method and std) and ``prefix.json`` (settings and the same rows)."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".json")
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(Row.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    json_path.write_text(json.dumps({"settings": settings, "results": [asdict(r) for r in rows]}, indent=2) + "\n")
+    return csv_path, json_path
+
+
+def _network_methods(paths: Sequence[str], batch_size: int) -> tuple[list[NetworkMethod], dict[str, Any]]:
+    """A method per checkpoint (named after its network and noise) and the first one's data settings."""
+    from dae.inference import load_checkpoint, load_model, resolve_checkpoint
+
+    methods, data_hparams = [], {}
+    for path in paths:
+        file = resolve_checkpoint(path)
+        module = load_model(file)
+        if not data_hparams:
+            data_hparams = dict(load_checkpoint(file).get("datamodule_hyper_parameters") or {})
+        name = f"{type(module.net).__name__} (std {getattr(module.noise, 'std', '?')})"
+        methods.append(NetworkMethod(name, module, str(file), batch_size))
+    names = [m.name for m in methods]
+    for method in methods:
+        if names.count(method.name) > 1:  # two runs of one setup: tell them apart by their run folder
+            method.name += f" [{Path(method.source).parent.parent.name}]"
+    return methods, {k: v for k, v in data_hparams.items() if not str(k).startswith("_")}
+
+
+def _images(data: MNISTDataModule, split: str, limit: int | None) -> Tensor:
+    data.setup("fit" if split == "val" else "test")
+    images = (data.val_set if split == "val" else data.test_set).images
+    return to_unit_float(images[:limit] if limit else images)
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dae evaluate", description=evaluate_command.__doc__)
+    parser.add_argument("checkpoints", nargs="*", help=".ckpt files or run folders (their best checkpoint)")
+    parser.add_argument("--std", type=float, nargs="+", default=list(DEFAULT_STDS),
+                        help="Gaussian noise stds on the [0, 1] scale (default: %(default)s)")
+    parser.add_argument("--limit", type=_positive(int), help="evaluate on the first N test images only")
+    parser.add_argument("--tune-limit", type=_positive(int), default=100,
+                        help="validation images for tuning the classical baselines (default: %(default)s)")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), metavar="NAME",
+                        help=f"classical baselines among {', '.join(BASELINES)} (default: all; give none to skip)")
+    parser.add_argument("--dataset", choices=list(DATASETS), help="default: the first checkpoint's data set")
+    parser.add_argument("--data-dir", help="folder of the IDX files (default: the first checkpoint's)")
+    parser.add_argument("--no-clip", dest="clip", action="store_false",
+                        help="keep noisy values outside [0, 1] (default: clipped, as stored images are)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test noise (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive(int), default=256, help="network batch size")
+    parser.add_argument("-o", "--output", default="evaluation",
+                        help="writes OUTPUT.csv and OUTPUT.json (default: %(default)s)")
+    return parser
+
+
+def evaluate_command(argv: Sequence[str]) -> int:
+    """``dae evaluate [CKPT ...]``: PSNR/SSIM and speed of checkpoints and classical baselines on the test split."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if any(not 0 <= s <= 1 for s in args.std):
+        parser.error(f"--std values must lie in [0, 1] (the image scale), got {args.std}")
+    if not args.checkpoints and args.dataset is None:
+        parser.error("give at least one checkpoint, or --dataset to evaluate the baselines alone")
+    try:
+        networks, data_hparams = _network_methods(args.checkpoints, args.batch_size)
+        baselines, notices = available_baselines(args.baselines)
+        overrides = {"dataset": args.dataset, "data_dir": args.data_dir}
+        data_hparams.update({k: v for k, v in overrides.items() if v is not None}, download=False)
+        data = MNISTDataModule(**data_hparams)
+        clean = _images(data, "test", args.limit)
+        clean_val = _images(data, "val", args.tune_limit) if baselines else clean[:0]
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
+        parser.exit(2, f"dae evaluate: error: {e}\n")
+    for notice in notices:
+        print(f"notice: {notice}")
+    methods = [*networks, *(BaselineMethod(b, clean_val, args.seed + 1, args.clip) for b in baselines)]
+    rows = evaluate(methods, clean, args.std, args.seed, args.clip)
+    settings = {
+        "dataset": data.dataset, "data_dir": str(data.root), "split": "test", "images": len(clean),
+        "stds": args.std, "clip": args.clip, "seed": args.seed, "tune_images": len(clean_val),
+        "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+    }
+    print(f"{data.dataset} test split, {len(clean)} images, noise clipped to [0, 1]: {args.clip}\n")
+    print(markdown_table(rows))
+    for path in write_results(rows, settings, Path(args.output)):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,131 @@
+"""Checkpoint loading outside Lightning's resume: run folders, plain-data rebuild, and refusing bad files."""
+
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from dae.inference import CheckpointError, load_checkpoint, load_model, resolve_checkpoint
+from dae.module import DenoisingModule
+from dae.nets import ConvAutoencoder
+
+
+class _CreatesFileWhenUnpickled:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, i.e. runs code chosen by the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_run_folder_resolves_to_its_best_checkpoint(trained_run):
+    best = resolve_checkpoint(trained_run)
+    assert best.parent == trained_run / "checkpoints" and best.name.startswith("best-")
+    assert resolve_checkpoint(trained_run / "checkpoints") == best
+    assert resolve_checkpoint(trained_run / "checkpoints" / "last.ckpt").name == "last.ckpt"
+
+
+def test_run_folder_without_best_falls_back_to_last(trained_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained_run / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+    assert resolve_checkpoint(run) == run / "checkpoints" / "last.ckpt"
+    (run / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(CheckpointError, match="no checkpoint in this folder"):
+        resolve_checkpoint(run)
+
+
+def test_several_best_checkpoints_resolve_to_the_one_last_ckpt_records(trained_run, tmp_path):
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(trained_run / "checkpoints", folder)
+    recorded = resolve_checkpoint(folder)
+    newer = folder / "best-epoch99-step999.ckpt"
+    shutil.copy(recorded, newer)  # newest by mtime, but not the one ModelCheckpoint recorded as best
+    assert resolve_checkpoint(folder) == recorded
+
+
+def test_load_model_rebuilds_the_trained_network_and_noise(trained_run):
+    model = load_model(trained_run)
+    assert isinstance(model, DenoisingModule) and isinstance(model.net, ConvAutoencoder)
+    assert not model.training and model.noise.std == 0.5
+    ckpt = torch.load(resolve_checkpoint(trained_run), map_location="cpu", weights_only=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][name]), name
+
+
+def test_load_model_follows_the_configured_noise_and_net(trained_run, tmp_path):
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["noise"]["init_args"]["std"] = 0.25
+    torch.save(ckpt, tmp_path / "std025.ckpt")
+    assert load_model(tmp_path / "std025.ckpt").noise.std == 0.25
+    ckpt["hyper_parameters"]["net"]["init_args"]["in_channels"] = 3
+    torch.save(ckpt, tmp_path / "rgb.ckpt")
+    with pytest.raises(CheckpointError, match="rgb.ckpt: its weights do not fit"):
+        load_model(tmp_path / "rgb.ckpt")
+
+
+def test_missing_and_non_file_paths_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.ckpt: no such checkpoint"):
+        load_model(tmp_path / "nope.ckpt")
+    with pytest.raises(CheckpointError, match="not a file"):
+        load_checkpoint(tmp_path)
+
+
+def test_truncated_checkpoint_is_refused_naming_the_file(trained_run, tmp_path):
+    data = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
+    bad = tmp_path / "truncated.ckpt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"truncated.ckpt: cannot load this checkpoint: .*zip archive.*corrupt"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", b"\x89PNG\r\n\x1a\n" + bytes(100)])
+def test_garbage_files_are_refused_naming_the_file(tmp_path, content):
+    bad = tmp_path / "garbage.ckpt"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError, match="garbage.ckpt: cannot load this checkpoint.*or not a PyTorch checkpoint"):
+        load_model(bad)
+
+
+def test_checkpoint_of_something_else_is_not_a_dae_checkpoint(tmp_path):
+    torch.save({"model": ConvAutoencoder().state_dict()}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match=r"other.ckpt: not a dae checkpoint \(no state_dict or hyper_param"):
+        load_model(tmp_path / "other.ckpt")
+    torch.save(ConvAutoencoder().state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="weights.pt: not a dae checkpoint"):
+        load_model(tmp_path / "weights.pt")
+
+
+@pytest.mark.parametrize("save", ["torch_zip", "plain_pickle"])
+def test_pickled_code_is_refused_and_never_runs(tmp_path, save):
+    marker = tmp_path / "code-ran"
+    payload = {"state_dict": {}, "hyper_parameters": {}, "evil": _CreatesFileWhenUnpickled(marker)}
+    evil = tmp_path / "evil.ckpt"
+    if save == "torch_zip":
+        torch.save(payload, evil)
+        with zipfile.ZipFile(evil) as z:  # the payload really is live: unrestricted unpickling runs it
+            pickle.loads(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+    else:
+        evil.write_bytes(pickle.dumps(payload, protocol=2))
+        pickle.loads(evil.read_bytes())
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(CheckpointError, match="evil.ckpt: cannot load this checkpoint: it holds pickled code .*open"):
+        load_model(evil)
+    assert not marker.exists()
+
+
+def test_class_path_naming_a_function_is_refused_not_called(trained_run, tmp_path):
+    marker = tmp_path / "code-ran"
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["net"] = {"class_path": "subprocess.run", "init_args": {"args": ["touch", str(marker)]}}
+    ckpt["hyper_parameters"]["_instantiator"] = "os.system"
+    torch.save(ckpt, tmp_path / "crafted.ckpt")
+    with pytest.raises(CheckpointError, match="crafted.ckpt: its hyper_parameters do not describe a DenoisingModule"):
+        load_model(tmp_path / "crafted.ckpt")
+    assert not marker.exists()
