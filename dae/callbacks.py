@@ -1,4 +1,5 @@
-"""Callbacks: the image grid, the training-loss plot, hyperparameters for TensorBoard, the non-finite loss stop."""
+"""Callbacks: the image grid, the training-loss plot, the prediction PNG writer, hyperparameters for TensorBoard,
+and the stop on a non-finite loss."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
@@ -106,6 +109,44 @@ class LossPlotCallback(L.Callback):
             rank_zero_warn(f"loss plot skipped: {e}")
 
 
+class PredictionImageWriter(BasePredictionWriter):
+    """Writes every image ``predict`` returns as an 8-bit PNG named by its index in the data set.
+
+    Args:
+        output_dir: where to write; default ``predictions/`` in the run folder of the checkpoint being
+            predicted with (``RUN/checkpoints/x.ckpt`` -> ``RUN/predictions/``), else in the trainer's log dir.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        ckpt = Path(trainer.ckpt_path) if trainer.ckpt_path else None
+        if ckpt is not None and ckpt.parent.name == "checkpoints":
+            return ckpt.parent.parent / "predictions"
+        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        from dae.images import from_unit_tensor, write_image
+
+        folder = self.folder(trainer)
+        indices = batch_indices or range(batch_idx * len(prediction), (batch_idx + 1) * len(prediction))
+        for index, image in zip(indices, prediction):
+            write_image(folder / f"{index:05d}.png", from_unit_tensor(image, np.dtype(np.uint8)))
+
+
 def flatten_hparams(params: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
     """Nested hyperparameters as one level of ``a/b`` keys with values TensorBoard can show."""
     flat: dict[str, bool | int | float | str] = {}
@@ -166,20 +207,41 @@ class TensorBoardRunCallback(L.Callback):
 
 
 class NonFiniteLossStop(L.Callback):
-    """Stops training, before the weights are touched, when the training loss is NaN or infinite.
+    """Stops training once the training loss has been NaN or infinite, and keeps such weights out of checkpoints.
 
-    It checks the loss before ``backward``, so neither that step nor any checkpoint holds non-finite weights:
-    the checkpoints written so far stay as they were. Under DDP all ranks stop together.
+    Each step only updates a flag on the device (reading the loss every step would cost a host sync on a GPU);
+    the flag is read before every checkpoint is written and at every epoch end, so no checkpoint holds the
+    weights of a diverged run, and the message names the first step whose loss was not finite.
+    Under DDP all ranks stop together.
     """
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+    def __init__(self) -> None:
+        super().__init__()
+        self._first_bad_step: Tensor | None = None  # -1 while every loss has been finite
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, Tensor):
             return
-        loop = trainer.fit_loop.epoch_loop
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()).all() & (self._first_bad_step < 0)
+        # global_step already counts this step: the loss belonged to step global_step - 1 (counting from 0).
+        self._first_bad_step = torch.where(bad, trainer.global_step - 1, self._first_bad_step)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        step = -1 if self._first_bad_step is None else int(self._first_bad_step)
+        if trainer.strategy.reduce_boolean_decision(step < 0, all=True):
+            return
         raise FloatingPointError(
-            f"the training loss is {loss.item()} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
-            f"batch {loop.batch_idx}); training stopped before this step changed the weights, and the checkpoints "
-            "written so far are intact. Lower --model.lr or check the data and noise settings, then resume from "
-            "last.ckpt (--ckpt_path last) or start again."
+            f"the training loss became NaN or infinite at global step {step}; training stopped at step "
+            f"{trainer.global_step} without writing a checkpoint since, so last.ckpt holds the last good state. "
+            "Lower --model.lr or check the data and noise settings, then resume from it (--ckpt_path last) "
+            "or start again."
         )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)

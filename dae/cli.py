@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -19,12 +20,15 @@ from dae.callbacks import (
     ImageGridCallback,
     LossPlotCallback,
     NonFiniteLossStop,
+    PredictionImageWriter,
     TensorBoardRunCallback,
     write_loss_plot,
 )
 from dae.checkpointing import LAST_NAME, LastCheckpoint
 from dae.data import MNISTDataModule
+from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
+from dae.export import export_command
 from dae.module import DenoisingModule
 
 TRAINER_DEFAULTS = {
@@ -39,7 +43,7 @@ TRAINER_DEFAULTS = {
 
 def default_callbacks() -> list:
     """Callbacks every run gets: the best checkpoint (by val/loss), image grids, loss.png, TensorBoard
-    hparams and restarts, the stop on a non-finite loss.
+    hparams and restarts, the stop on a non-finite loss, and ``dae predict``'s denoised PNGs.
 
     ``last.ckpt`` comes from ``LastCheckpoint``, which the CLI exposes as ``last_checkpoint.*``.
     """
@@ -54,6 +58,7 @@ def default_callbacks() -> list:
         LossPlotCallback(),
         TensorBoardRunCallback(),
         NonFiniteLossStop(),
+        PredictionImageWriter(),
     ]
 
 
@@ -94,6 +99,15 @@ class DaeArgumentParser(LightningArgumentParser):
         super().error(message, ex)
 
 
+# Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
+# metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
+# tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
+PROGRESS_BAR_DEFAULT = {
+    "class_path": "lightning.pytorch.callbacks.TQDMProgressBar",
+    "init_args": {"refresh_rate": 20},
+}
+
+
 class DaeCLI(LightningCLI):
     """LightningCLI with dae's defaults: run folders in lightning_logs/, checkpoints, image grids, loss.png."""
 
@@ -111,7 +125,20 @@ class DaeCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The bar is a config section of its own (progress_bar: class_path/init_args), e.g.
+        # --progress_bar.refresh_rate 100, or --progress_bar RichProgressBar.
+        parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True)
+        parser.set_defaults({"progress_bar": PROGRESS_BAR_DEFAULT})
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The Trainer with the config's callbacks, the progress bar among them unless the bar is switched off."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if config.get("enable_progress_bar") is False:
+            # --trainer.enable_progress_bar false switches the configured bar off (Lightning refuses both at once).
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        return self._instantiate_trainer(config, callbacks)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -124,8 +151,8 @@ class DaeCLI(LightningCLI):
 
 _DESCRIPTION = (
     "Train, evaluate and use denoising autoencoders. Trainer commands: fit, validate, test, predict "
-    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, dae evaluate CKPT ... "
-    "(each has --help)."
+    "(e.g. dae fit --config configs/mnist.yaml). Other commands: dae plot RUN_DIR, dae evaluate CKPT ..., "
+    "dae denoise --ckpt RUN INPUT... -o OUTDIR, dae export --ckpt RUN --format onnx -o FILE (each has --help)."
 )
 
 
@@ -143,7 +170,12 @@ def plot_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"plot": plot_command, "evaluate": evaluate_command}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "plot": plot_command,
+    "evaluate": evaluate_command,
+    "denoise": denoise_command,
+    "export": export_command,
+}
 
 
 # Errors that dae's own checks raise about what the user gave it: shown as one message, without a traceback.

@@ -10,12 +10,12 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dae.sampling import EpochShuffleSampler, ResumableDataLoader
 
@@ -94,9 +94,27 @@ class ImageTensorDataset(Dataset):
     def __getitem__(self, index: int) -> Tensor:
         return self.images[index]
 
-    def __getitems__(self, indices: list[int]) -> Tensor:
+    def __getitems__(self, indices: list[int] | Tensor) -> Tensor:
         # DataLoader calls this with a whole batch of indices: one gather instead of B items and a stack.
-        return self.images[torch.as_tensor(indices)]
+        return self.images[torch.as_tensor(indices, device=self.images.device)]
+
+
+class DeviceBatchSampler(Sampler[Tensor]):
+    """Batches of indices as tensors on ``device``, shuffled there: with the images on a GPU, a batch is
+    gathered without any host work, copy or synchronisation.
+
+    A new permutation is drawn every epoch from the global RNG of ``device`` (seeded by ``seed_everything``).
+    """
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, device: torch.device | str) -> None:
+        self.size, self.batch_size, self.shuffle, self.device = size, batch_size, shuffle, torch.device(device)
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        make = torch.randperm if self.shuffle else torch.arange
+        return iter(make(self.size, device=self.device).split(self.batch_size))
 
 
 def _batch_collate(batch: Tensor) -> Tensor:
@@ -140,6 +158,8 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: seed of the train/val permutation.
         num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
         download: fetch missing files with torchvision in ``prepare_data``.
+        on_device: keep the images on the training device (a GPU) and shuffle and slice batches there, so
+            that no step waits for the host; needs ``num_workers: 0``. (On a CPU only the shuffling differs.)
     """
 
     def __init__(
@@ -151,6 +171,7 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 42,
         num_workers: int = 0,
         download: bool = True,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -159,6 +180,11 @@ class MNISTDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if on_device and num_workers:
+            raise ValueError(
+                f"on_device keeps the images on the GPU, where worker processes cannot read them: "
+                f"set num_workers to 0 (got {num_workers}) or on_device to false"
+            )
         if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
             raise ValueError(f"data_dir {data_dir!r} is a file; give the folder that holds the IDX files")
         split_sizes(60_000, val_split)  # rejects malformed values now; the real size is checked in setup
@@ -170,6 +196,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.num_workers = num_workers
         self.download = download
+        self.on_device = on_device
         self.train_set: ImageTensorDataset | None = None
         self.val_set: ImageTensorDataset | None = None
         self.test_set: ImageTensorDataset | None = None
@@ -240,6 +267,11 @@ class MNISTDataModule(L.LightningDataModule):
         """A loader in file order, or (with ``shuffle_seed``) a resumable shuffled one for training."""
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
+        if self.on_device:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            dataset.images = dataset.images.to(device)  # once: a no-op when they are already there
+            sampler = DeviceBatchSampler(len(dataset), self.batch_size, shuffle_seed is not None, device)
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=_batch_collate)
         kwargs: dict = dict(
             batch_size=self.batch_size,
             num_workers=self.num_workers,

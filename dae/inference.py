@@ -1,6 +1,6 @@
-"""Using a trained model: checkpoint loading for everything outside Lightning's own resume.
+"""Using a trained model: checkpoint loading, and denoising images of any size and channel count.
 
-A checkpoint may come from someone else, so it is read with ``torch.load(weights_only=True)``: tensors and
+Checkpoints are loaded here for everything outside Lightning's own resume. A checkpoint may come from someone else, so it is read with ``torch.load(weights_only=True)``: tensors and
 plain data only, never pickled code. The module is rebuilt from the checkpoint's ``hyper_parameters``
 (``net``/``noise`` as plain ``{class_path, init_args}`` data, as ``dae fit`` writes them) through
 jsonargparse, which only accepts classes that fit ``DenoisingModule``'s type hints (``nn.Module``
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from dae.module import DenoisingModule
 
@@ -121,3 +123,81 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{path}: its weights do not fit the network its hyper_parameters describe: "
                               f"{str(e).splitlines()[0]}") from e
     return module.to(map_location).eval()
+
+
+def input_size(net: nn.Module) -> tuple[int, int] | None:
+    """The (height, width) a network takes, from its ``input_size`` attribute; None: fully convolutional.
+
+    The rule is explicit on purpose: a net that only takes one size (the seed ``ConvAutoencoder``: 28x28)
+    declares ``input_size`` and gets overlapping tiles; every other net gets the whole image.
+    """
+    size = getattr(net, "input_size", None)
+    return None if size is None else (int(size[0]), int(size[1]))
+
+
+def tile_window(height: int, width: int) -> Tensor:
+    """Blending weights of one tile: a smooth bump, largest in the middle, small but positive at the edge.
+
+    Tile borders are where a network sees the least context; weighting them down and dividing by the summed
+    weights makes overlapping tiles fade into each other instead of leaving seams.
+    """
+    ramps = [torch.sin(torch.pi * (torch.arange(n) + 0.5) / n) for n in (height, width)]
+    return torch.outer(*ramps)
+
+
+def _pad_to_grid(size: int, tile: int, stride: int) -> int:
+    """Padding after the image so that tiles of ``tile`` pixels every ``stride`` pixels cover it exactly."""
+    covered = max(size, tile)
+    return covered + (-(covered - tile)) % stride - size
+
+
+def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], batch_size: int = 512) -> Tensor:
+    """Run ``net`` over overlapping tiles of ``images`` (N, C, H, W) and blend the results (any H, W).
+
+    Tiles overlap by half; the image is padded (reflected) at the bottom and right to fill the tile grid
+    and the result cropped back, so images smaller than one tile work too.
+    """
+    (th, tw), (_, channels, height, width) = tile, images.shape
+    stride = (max(1, th // 2), max(1, tw // 2))
+    pad_h, pad_w = _pad_to_grid(height, th, stride[0]), _pad_to_grid(width, tw, stride[1])
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"  # reflect needs pad < side
+    padded = F.pad(images, (0, pad_w, 0, pad_h), mode=mode) if pad_h or pad_w else images
+    grid = padded.shape[-2:]
+    columns = F.unfold(padded, tile, stride=stride)  # (N, C*th*tw, L): one column per tile
+    n_tiles = columns.shape[-1]
+    tiles = columns.transpose(1, 2).reshape(-1, channels, th, tw)
+    window = tile_window(th, tw).to(images)
+    out = torch.cat([net(tiles[i : i + batch_size]) * window for i in range(0, len(tiles), batch_size)])
+    out = out.reshape(len(images), n_tiles, -1).transpose(1, 2)
+    weights = window.reshape(1, -1, 1).expand(1, th * tw, n_tiles)
+    blended = F.fold(out, grid, tile, stride=stride) / F.fold(weights, grid, tile, stride=stride)
+    return blended[..., :height, :width]
+
+
+@torch.no_grad()
+def denoise_image(net: nn.Module, image: Tensor, batch_size: int = 512) -> Tensor:
+    """Denoise one (C, H, W) image in [0, 1] of any size; returns a (C, H, W) float tensor on its device.
+
+    Colour images through a 1-channel network go one channel at a time; a gray image through a colour
+    network is repeated over its channels and the outputs averaged. Values are not clipped.
+    """
+    net_channels = getattr(net, "in_channels", image.shape[0])
+    channels = image.shape[0]
+    if channels == net_channels:
+        batch = image[None]
+    elif net_channels == 1:
+        batch = image[:, None]  # each channel as its own gray image
+    elif channels == 1:
+        batch = image.expand(net_channels, -1, -1)[None]
+    else:
+        raise ValueError(f"the network takes {net_channels} channels; an image with {channels} cannot be mapped")
+    size = input_size(net)
+    out = denoise_tiled(net, batch, size, batch_size) if size else net(batch)
+    if out.shape != batch.shape:
+        raise ValueError(
+            f"the network turned a {tuple(batch.shape)} batch into {tuple(out.shape)}; a net that only takes "
+            "one size must declare it as an input_size attribute so that images are tiled"
+        )
+    if channels == net_channels:
+        return out[0]
+    return out[:, 0] if net_channels == 1 else out[0].mean(0, keepdim=True)

@@ -25,6 +25,9 @@ class ConvAutoencoder(nn.Module):
     64-number code; the decoder mirrors it and ends in a sigmoid, so outputs lie in [0, 1].
     """
 
+    # Nets that take one fixed size say so here; ``dae.inference`` then feeds larger images as tiles.
+    input_size = (28, 28)
+
     def __init__(self, in_channels: int = 1) -> None:
         super().__init__()
         _check_channels(in_channels)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -128,6 +129,47 @@ def test_network_configs_build_their_network_and_noise(config, net_class, std, t
     assert type(cli.model.net).__name__ == net_class
     assert cli.model.noise.std == std and cli.model.noise.clip
     assert cli.datamodule.dataset == "fashion_mnist"
+
+
+def test_predict_writes_denoised_pngs_of_the_test_split_into_the_run_folder(trained_run, mnist_dir, tmp_path):
+    import shutil
+
+    from dae.images import read_image
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    args = fit_args(mnist_dir, f"--trainer.logger.init_args.save_dir={tmp_path}")
+    args[0] = "predict"
+    args = [a for a in args if not a.startswith("--trainer.max_epochs") and "limit_train" not in a]
+    main([*args, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    written = sorted((run / "predictions").iterdir())
+    assert [p.name for p in written] == [f"{i:05d}.png" for i in range(96)]  # the 96 fixture test images
+    image = read_image(written[0])
+    assert image.shape == (28, 28, 1) and image.dtype == np.uint8 and image.std() > 0
+
+
+def test_default_progress_bar_is_tqdm_redrawn_every_20_steps_and_configurable(mnist_dir, tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from dae.cli import DaeCLI
+
+    monkeypatch.chdir(tmp_path)
+    args = fit_args(mnist_dir)[1:]  # without the subcommand: run=False only builds
+    args, bar_off = [a for a in args if "enable_progress_bar" not in a], args
+    bar = DaeCLI(args=args, run=False).trainer.progress_bar_callback
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 20
+    bar = DaeCLI(args=[*args, "--progress_bar.refresh_rate=5"], run=False).trainer.progress_bar_callback
+    assert bar.refresh_rate == 5
+    bar = DaeCLI(args=[*args, "--progress_bar=RichProgressBar"], run=False).trainer.progress_bar_callback
+    assert isinstance(bar, RichProgressBar)
+    assert DaeCLI(args=bar_off, run=False).trainer.progress_bar_callback is None
+
+
+def test_on_device_fit_runs(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(fit_args(mnist_dir, "--data.on_device=true", "--trainer.max_epochs=1"))
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
 
 
 def test_same_seed_gives_identical_losses_and_another_seed_does_not(mnist_dir, tmp_path, monkeypatch):

@@ -129,3 +129,43 @@ def test_corrupt_local_file_is_named(tmp_path, mnist_dir):
     dm = make_dm(tmp_path)
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.*not an IDX file"):
         dm.setup("fit")
+
+
+def _on_device_epoch(dm, loader):
+    batches = list(loader)
+    assert [len(b) for b in batches] == [32] * (len(batches) - 1) + [len(batches[-1])]
+    return batches
+
+
+def test_on_device_batches_cover_each_image_once_per_epoch_in_a_new_order(mnist_dir):
+    dm = make_dm(mnist_dir, batch_size=32, on_device=True)
+    dm.setup("fit")
+    train = dm.train_set.images
+    epochs = [torch.cat(_on_device_epoch(dm, dm.train_dataloader())) for _ in range(2)]
+    for images in epochs:
+        assert images.dtype == torch.uint8 and images.shape == train.shape
+        # every image exactly once: sorting the flattened images gives the same multiset
+        assert torch.equal(images.flatten(1).sort(0).values, train.flatten(1).sort(0).values)
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[0], train)
+    assert torch.equal(torch.cat(_on_device_epoch(dm, dm.val_dataloader())), dm.val_set.images)  # fixed order
+
+
+def test_on_device_with_workers_is_refused(mnist_dir):
+    with pytest.raises(ValueError, match="num_workers to 0"):
+        make_dm(mnist_dir, on_device=True, num_workers=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_device_gpu_batches_need_no_host_sync(mnist_dir):
+    import lightning as L
+
+    dm = make_dm(mnist_dir, batch_size=32, on_device=True)
+    dm.trainer = L.Trainer(accelerator="gpu", devices=1, logger=False)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation now raises
+    try:
+        batches = list(loader)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(b.is_cuda and b.dtype == torch.uint8 for b in batches)

@@ -121,16 +121,18 @@ def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch)
 def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch,
                                                                           capsys):
     monkeypatch.chdir(tmp_path)
-    # The network outputs NaN from its 6th training forward pass on: global step 5 (steps count from 0).
+    # The network outputs NaN from its 6th training forward pass on: global step 5 (steps count from 0), the
+    # first of epoch 1. last.ckpt was written at the end of epoch 0 (step 5) and would be next at step 6.
     code = main(fit_args(mnist_dir, *STEPS, "--model.net=tests.probes.NaNNet", "--model.net.init_args.nan_from=6",
                          "--last_checkpoint.every_n_train_steps=2"))
     err = capsys.readouterr().err
     assert code == 2
-    assert "the training loss is nan at global step 5 (epoch 1, batch 0)" in err
+    assert "the training loss became NaN or infinite at global step 5; training stopped at step 6" in err
     assert "Traceback" not in err
     last = load_last(tmp_path)
-    assert last["global_step"] == 5  # saved at the end of epoch 0, before the bad step
+    assert last["global_step"] == 5  # the last good state, untouched
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not list((run_dir(tmp_path) / "checkpoints").glob("*step6*"))
 
 
 def test_dae_fit_writes_checkpoints_through_the_atomic_checkpoint_io(mnist_dir, tmp_path, monkeypatch):

@@ -1,3 +1,4 @@
+import lightning as L
 import pytest
 import torch
 
@@ -83,3 +84,49 @@ def test_predict_returns_denoised_images(mnist_dir, tiny_trainer):
     out = tiny_trainer(limit_predict_batches=2).predict(DenoisingModule(), dm_for(mnist_dir, batch_size=8))
     assert len(out) == 2 and out[0].shape == (8, 1, 28, 28)
     assert out[0].min() >= 0 and out[0].max() <= 1
+
+
+class LossRecorder(L.Callback):
+    """Keeps the loss of every training step."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def _seeded_losses(mnist_dir, tiny_trainer, **module_kwargs):
+    L.seed_everything(0)
+    recorder = LossRecorder()
+    trainer = tiny_trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=0, callbacks=[recorder])
+    module = DenoisingModule(**module_kwargs)
+    trainer.fit(module, dm_for(mnist_dir, batch_size=16))
+    return recorder.losses, trainer.callback_metrics
+
+
+def test_speed_settings_keep_the_loss_curve_and_the_epoch_mean(mnist_dir, tiny_trainer):
+    fast, metrics = _seeded_losses(mnist_dir, tiny_trainer)  # defaults: channels_last, fused Adam
+    plain, _ = _seeded_losses(mnist_dir, tiny_trainer, channels_last=False, fused_adam=False)
+    assert len(fast) == len(plain) == 10
+    # Same seed, same data order and noise: the same curve up to float rounding, and it does go down.
+    assert fast == pytest.approx(plain, rel=1e-4)
+    assert fast[-1] < fast[0]
+    # train/loss_epoch is the mean over the last epoch's steps.
+    assert metrics["train/loss_epoch"].item() == pytest.approx(sum(fast[5:]) / 5, rel=1e-5)
+
+
+def test_speed_settings_reach_the_network_and_the_optimizer():
+    module = DenoisingModule()
+    conv = module.net.encoder[2].weight  # 16 input channels: the two layouts differ
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert module.configure_optimizers().defaults["fused"] is True
+    plain = DenoisingModule(channels_last=False, fused_adam=False)
+    assert plain.net.encoder[2].weight.is_contiguous()
+    assert not plain.configure_optimizers().defaults["fused"]
+
+
+def test_compile_keeps_checkpoint_keys():
+    compiled = DenoisingModule(compile=True)
+    assert compiled.net._compiled_call_impl is not None
+    assert compiled.state_dict().keys() == DenoisingModule().state_dict().keys()

@@ -1,0 +1,165 @@
+"""``dae denoise``: clean image files and folders with a trained model, keeping names and bit depth."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dae.images import ImageFileError, from_unit_tensor, image_suffixes, read_image, to_unit_tensor, write_image
+from dae.inference import CheckpointError, denoise_image, input_size, load_model
+
+COMPARE_SUFFIX = "_compare.png"
+_GAP = 2  # white pixels between the panels of a --compare picture
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to denoise: where it is read from and where its result goes, relative to the output folder."""
+
+    source: Path
+    relative: Path
+
+
+def collect_jobs(inputs: Sequence[str | Path]) -> tuple[list[Job], list[str]]:
+    """Image files named directly or found (recursively, by file name ending) in folders, plus error lines.
+
+    A file named directly is always tried, whatever its ending; inside folders only image endings count.
+    A folder's images keep their paths relative to the folder.
+    """
+    suffixes = image_suffixes()
+    jobs: list[Job] = []
+    errors: list[str] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                errors.append(f"{item}: no image files in this folder")
+            jobs.extend(Job(p, p.relative_to(item)) for p in found)
+        elif item.is_file():
+            jobs.append(Job(item, Path(item.name)))
+        else:
+            errors.append(f"{item}: no such file or folder")
+    return jobs, errors
+
+
+def add_gaussian_noise(image: torch.Tensor, std: float, seed: int) -> torch.Tensor:
+    """``image + std * randn``, unclipped like the seed's training noise, from a generator seeded by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return image + std * torch.randn(image.shape, generator=generator).to(image)
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor) -> np.ndarray:
+    """Two (C, H, W) images in [0, 1] next to each other with a white gap, as 8-bit (H, W, C) pixels."""
+    gap = torch.ones(left.shape[0], left.shape[1], _GAP, dtype=left.dtype, device=left.device)
+    return from_unit_tensor(torch.cat([left.clamp(0, 1), gap, right], dim=2), np.dtype(np.uint8))
+
+
+class Denoiser:
+    """Denoises one file at a time with a loaded model; colour channels only, alpha is kept as it is."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, batch_size: int, add_noise: float | None,
+                 seed: int, compare: bool) -> None:
+        self.net = net
+        self.device = device
+        self.batch_size = batch_size
+        self.add_noise = add_noise
+        self.seed = seed
+        self.compare = compare
+        self.notices: set[str] = set()
+
+    def __call__(self, job: Job, out_dir: Path) -> list[Path]:
+        pixels = read_image(job.source)
+        has_alpha = pixels.shape[2] in (2, 4)
+        image = to_unit_tensor(pixels).to(self.device)
+        color = image[:-1] if has_alpha else image
+        if self.add_noise:
+            # Seeded by the file's relative path, so a file gets the same noise whatever else is in the run.
+            seed = self.seed + zlib.crc32(job.relative.as_posix().encode())
+            color = add_gaussian_noise(color, self.add_noise, seed)
+        if color.shape[0] > 1 and getattr(self.net, "in_channels", 1) == 1:
+            self.notices.add("the network takes one channel: colour images were denoised one channel at a time")
+        denoised = denoise_image(self.net, color, self.batch_size).clamp(0, 1)
+        result = torch.cat([denoised, image[-1:]]) if has_alpha else denoised
+        target = out_dir / job.relative
+        written = [write_image(target, from_unit_tensor(result, pixels.dtype))]
+        if self.compare:
+            compare = target.with_name(target.stem + COMPARE_SUFFIX)
+            written.append(write_image(compare, side_by_side(color, denoised)))
+        return written
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: the first GPU when there is one, else the CPU; any other name is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dae denoise",
+        description="Denoise image files and folders (recursive) with a trained model. Images of any size; "
+        "a network with a fixed input size (the seed's 28x28) is run over overlapping tiles that are blended "
+        "back together. Outputs keep their names, format and bit depth (8-bit in, 8-bit out; 16-bit PNG in, "
+        "16-bit PNG out).",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("--ckpt", required=True, help="a run folder (uses its best checkpoint) or a .ckpt file")
+    parser.add_argument("-o", "--output", required=True, help="folder for the denoised images")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default)")
+    parser.add_argument("--batch-size", type=int, default=512, help="tiles per forward pass (default 512)")
+    parser.add_argument("--add-noise", type=float, metavar="STD",
+                        help="add Gaussian noise of this std (pixel range 0..1) first, to demo on clean pictures")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
+    parser.add_argument("--compare", action="store_true",
+                        help=f"also write NAME{COMPARE_SUFFIX}: the (noisy | denoised) pair side by side")
+    return parser
+
+
+def denoise_command(argv: Sequence[str]) -> int:
+    """``dae denoise --ckpt RUN_OR_CKPT INPUT... -o OUTDIR``; exit code 1 when any input failed."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.add_noise is not None and not args.add_noise >= 0:
+        parser.error(f"--add-noise must be a std >= 0, got {args.add_noise}")
+    try:
+        device = pick_device(args.device)
+        net = load_model(args.ckpt, map_location=device).net
+    except (CheckpointError, RuntimeError) as e:
+        parser.exit(2, f"dae denoise: error: {e}\n")
+    size = input_size(net)
+    print(f"network: {type(net).__name__} on {device}, "
+          + (f"{size[0]}x{size[1]} tiles" if size else "whole images (fully convolutional)"), file=sys.stderr)
+    jobs, errors = collect_jobs(args.inputs)
+    denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare)
+    out_dir, claimed, done = Path(args.output), {}, 0
+    for job in tqdm(jobs, desc="denoising", unit="image", disable=None if len(jobs) > 1 else True):
+        target = (out_dir / job.relative).resolve()
+        if target in claimed or target == job.source.resolve():
+            other = claimed.get(target, job.source)
+            errors.append(f"{job.source}: skipped, its output {target} would overwrite {other}")
+            continue
+        claimed[target] = job.source
+        try:
+            denoiser(job, out_dir)
+            done += 1
+        except ImageFileError as e:  # names its file already
+            errors.append(str(e))
+        except ValueError as e:
+            errors.append(f"{job.source}: {e}")
+    for notice in sorted(denoiser.notices):
+        print(f"note: {notice}", file=sys.stderr)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    print(f"denoised {done} image(s) into {out_dir}" + (f"; {len(errors)} problem(s) above" if errors else ""))
+    return 1 if errors else 0

@@ -1,0 +1,138 @@
+"""``dae export``: the trained network as ONNX or TorchScript, checked against PyTorch before it is kept.
+
+Both formats take float batches (N, C, H, W) in [0, 1] with any batch size N; H and W are fixed at export
+(the net's ``input_size``, else ``--size``), since shape-dependent Python code (e.g. the U-Net's padding)
+is frozen when the graph is captured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from dae.inference import CheckpointError, input_size, load_model
+
+FORMATS = ("onnx", "torchscript")
+PARITY_TOLERANCE = 1e-4
+EXPORT_BATCH = 2  # the batch size the graph is captured with; parity is checked on other sizes
+PARITY_BATCHES = (1, 5)
+_ONNX_MISSING = ("ONNX export needs the onnx, onnxscript and onnxruntime packages: "
+                 "pip install 'dae[export]' (or pip install onnx onnxscript onnxruntime)")
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"{_ONNX_MISSING} ({e})") from e
+
+
+def export_onnx(net: nn.Module, example: torch.Tensor, out: Path) -> None:
+    """Write ``net`` as ONNX with a dynamic batch dimension named ``batch``."""
+    _require_onnx()
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=1 << 16)
+    # The exporter prints and warns about its internal steps; a failure still raises with the details.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example,), out, input_names=["noisy"], output_names=["denoised"],
+                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+
+
+def export_torchscript(net: nn.Module, example: torch.Tensor, out: Path) -> None:
+    """Write ``net`` as a traced TorchScript module (``torch.jit.load`` reads it back, no dae code needed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice; tracing still works
+        traced = torch.jit.trace(net, example, check_inputs=[(torch.rand(b, *example.shape[1:]),)
+                                                             for b in PARITY_BATCHES])
+        traced.save(str(out))
+
+
+def run_exported(path: Path, fmt: str, batch: torch.Tensor) -> torch.Tensor:
+    """Run an exported file on ``batch`` with its own runtime (onnxruntime, or torch.jit)."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"noisy": batch.numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path), map_location="cpu")(batch)
+
+
+@torch.no_grad()
+def parity(net: nn.Module, path: Path, fmt: str, shape: tuple[int, int, int], seed: int = 0) -> float:
+    """Largest absolute difference between PyTorch and the exported file on random batches of several sizes."""
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for batch_size in PARITY_BATCHES:
+        batch = torch.rand((batch_size, *shape), generator=generator)
+        expected = net(batch)
+        got = run_exported(path, fmt, batch)
+        if got.shape != expected.shape:
+            raise RuntimeError(f"{path}: the exported model gave shape {tuple(got.shape)} for a batch of "
+                               f"{batch_size}, PyTorch {tuple(expected.shape)}")
+        worst = max(worst, (got - expected).abs().max().item())
+    return worst
+
+
+def export_shape(net: nn.Module, size: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of one image of the export: the net's ``input_size``, else ``size``, else 28x28."""
+    height, width = input_size(net) or size or (28, 28)
+    return getattr(net, "in_channels", 1), height, width
+
+
+def export_model(net: nn.Module, fmt: str, out: str | os.PathLike, size: tuple[int, int] | None = None) -> float:
+    """Export ``net`` (on the CPU, eval mode) to ``out`` and return the parity check's max abs difference.
+
+    Raises ``RuntimeError`` (and deletes the file) when the difference exceeds ``PARITY_TOLERANCE``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    net = net.cpu().eval()
+    shape = export_shape(net, size)
+    example = torch.rand(EXPORT_BATCH, *shape, generator=torch.Generator().manual_seed(1))
+    (export_onnx if fmt == "onnx" else export_torchscript)(net, example, out)
+    worst = parity(net, out, fmt, shape)
+    if worst > PARITY_TOLERANCE:
+        out.unlink()
+        raise RuntimeError(f"{out}: the exported model differs from PyTorch by up to {worst:.3g} "
+                           f"(tolerance {PARITY_TOLERANCE}); the file was deleted")
+    return worst
+
+
+def export_command(argv: Sequence[str]) -> int:
+    """``dae export --ckpt RUN_OR_CKPT --format onnx|torchscript -o FILE``: export, then check parity."""
+    parser = argparse.ArgumentParser(prog="dae export", description=export_command.__doc__)
+    parser.add_argument("--ckpt", required=True, help="a run folder (uses its best checkpoint) or a .ckpt file")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("-o", "--output", required=True, help="file to write, e.g. model.onnx or model.pt")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="image size of a fully convolutional net's export (default 28 28); nets with a "
+                             "fixed input size always use theirs")
+    args = parser.parse_args(argv)
+    try:
+        net = load_model(args.ckpt).net
+        fixed = input_size(net)
+        if fixed and args.size and tuple(args.size) != fixed:
+            parser.error(f"{type(net).__name__} only takes {fixed[0]}x{fixed[1]} images; drop --size")
+        worst = export_model(net, args.format, args.output, tuple(args.size) if args.size else None)
+    except (CheckpointError, RuntimeError) as e:
+        parser.exit(2, f"dae export: error: {e}\n")
+    shape = export_shape(net, tuple(args.size) if args.size else None)
+    print(f"wrote {args.output} ({args.format}, input (batch, {', '.join(map(str, shape))}) for any batch "
+          f"size); parity with PyTorch: max abs difference {worst:.3g} over batches of {PARITY_BATCHES}")
+    return 0

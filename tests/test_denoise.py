@@ -1,0 +1,148 @@
+"""``dae denoise`` and the tiling under it: any size, gray and colour, names and bit depth kept."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dae.cli import main
+from dae.denoise import COMPARE_SUFFIX
+from dae.images import read_image, write_image
+from dae.inference import denoise_image, input_size
+from dae.nets import ConvAutoencoder, DnCNN, UNet
+from tests.idx import synthetic_images
+
+
+class Affine(torch.nn.Module):
+    """A stand-in for a fixed-size net whose answer is known: ``0.5 * x + 0.1``, 28x28 inputs only."""
+
+    input_size = (28, 28)
+    in_channels = 1
+
+    def __init__(self, scale: float = 0.5, shift: float = 0.1) -> None:
+        super().__init__()
+        self.scale, self.shift = scale, shift
+        self.batches: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        assert x.shape[-2:] == (28, 28), "tiles must have the net's input size"
+        self.batches.append(tuple(x.shape))
+        return self.scale * x + self.shift
+
+
+def clean_gray(height: int = 45, width: int = 61) -> np.ndarray:
+    """Shapes like the training images (rectangles and discs), on an odd-sized canvas, uint8 (H, W)."""
+    return synthetic_images(1, size=max(height, width), seed=5)[0][:height, :width]
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+@pytest.mark.parametrize("shape", [(1, 45, 61), (3, 5, 9), (1, 28, 28), (2, 29, 100)])
+def test_tiles_cover_every_pixel_and_blend_without_seams(shape):
+    image = torch.rand(shape)
+    identity = Affine(scale=1.0, shift=0.0)
+    assert torch.allclose(denoise_image(identity, image), image, atol=1e-6)
+    constant = torch.full(shape, 0.6)
+    out = denoise_image(Affine(), constant)
+    assert out.shape == shape and torch.allclose(out, torch.full(shape, 0.4), atol=1e-6)
+
+
+def test_tiles_are_batched():
+    net = Affine()
+    denoise_image(net, torch.rand(1, 200, 200), batch_size=64)
+    assert max(b[0] for b in net.batches) == 64 and len(net.batches) > 1
+
+
+def test_fixed_size_nets_are_tiled_and_fully_convolutional_nets_get_the_whole_image():
+    assert input_size(ConvAutoencoder()) == (28, 28)
+    assert input_size(UNet()) is None and input_size(DnCNN()) is None
+    shapes = []
+    net = DnCNN(depth=3).eval()
+    net.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    assert denoise_image(net, torch.rand(1, 45, 61)).shape == (1, 45, 61)
+    assert shapes == [(1, 1, 45, 61)]
+
+
+def test_colour_through_a_gray_net_goes_channel_by_channel():
+    image = torch.rand(3, 30, 31)
+    expected = torch.stack([denoise_image(Affine(), image[c : c + 1])[0] for c in range(3)])
+    assert torch.allclose(denoise_image(Affine(), image), expected, atol=1e-6)
+
+
+def test_gray_png_and_rgb_jpeg_round_trip_denoised(trained_run, tmp_path, capsys):
+    clean = clean_gray()
+    inputs = tmp_path / "in"
+    write_image(inputs / "gray.png", clean[..., None])
+    (inputs / "photos").mkdir()
+    rgb = np.stack([clean, clean[::-1], clean[:, ::-1]], axis=-1)
+    Image.fromarray(rgb).save(inputs / "photos" / "rgb.jpg", quality=95)
+    out = tmp_path / "out"
+    # Noise as in training (std 0.5, unclipped), added by dae itself; --compare keeps the noisy version.
+    args = ["denoise", "--ckpt", str(trained_run), str(inputs), "-o", str(out), "--add-noise", "0.5", "--compare"]
+    assert main(args) == 0
+    for name in ("gray.png", "photos/rgb.jpg"):
+        original, denoised = read_image(inputs / name), read_image(out / name)
+        assert denoised.shape == original.shape and denoised.dtype == original.dtype == np.uint8, name
+        compare = read_image(out / name.replace(Path(name).suffix, COMPARE_SUFFIX))
+        noisy = compare[:, : original.shape[1]]  # clipped to 0..1, which already makes it less noisy
+        assert mse(denoised, original) < 0.75 * mse(noisy, original), name
+    assert "one channel at a time" in capsys.readouterr().err
+
+
+def test_16_bit_png_stays_16_bit_and_alpha_is_kept(trained_run, tmp_path):
+    rng = np.random.default_rng(0)
+    gray16 = (clean_gray(31, 40).astype(np.uint16) * 257)[..., None]
+    rgba = np.concatenate([rng.integers(0, 256, (20, 33, 3)), rng.integers(0, 256, (20, 33, 1))], -1)
+    write_image(tmp_path / "in" / "deep.png", gray16)
+    write_image(tmp_path / "in" / "rgba.png", rgba.astype(np.uint8))
+    assert main(["denoise", "--ckpt", str(trained_run), str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 0
+    deep = read_image(tmp_path / "out" / "deep.png")
+    assert deep.dtype == np.uint16 and deep.shape == gray16.shape
+    assert len(np.unique(deep % 257)) > 1  # real 16-bit values, not 8-bit ones scaled up
+    out_rgba = read_image(tmp_path / "out" / "rgba.png")
+    assert out_rgba.shape == rgba.shape and np.array_equal(out_rgba[..., 3], rgba[..., 3])
+
+
+def test_add_noise_is_seeded_and_compare_shows_both(trained_run, tmp_path):
+    write_image(tmp_path / "clean.png", clean_gray()[..., None])
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        args = ["denoise", "--ckpt", str(trained_run), str(tmp_path / "clean.png"), "-o", str(out),
+                "--add-noise", "0.5", "--seed", "3", "--compare"]
+        assert main(args) == 0
+        runs.append(((out / "clean.png").read_bytes(), read_image(out / f"clean{COMPARE_SUFFIX}")))
+    assert runs[0][0] == runs[1][0]
+    compare = runs[0][1]
+    assert compare.shape == (45, 2 * 61 + 2, 1)
+    noisy_half, denoised_half = compare[:, :61], compare[:, -61:]
+    assert np.array_equal(denoised_half, read_image(tmp_path / "a" / "clean.png"))
+    assert mse(noisy_half, clean_gray()[..., None]) > 0.1 * 255**2  # the left half really is the noisy one
+
+
+def test_missing_and_non_image_inputs_are_reported_and_the_rest_processed(trained_run, tmp_path, capsys):
+    folder = tmp_path / "in"
+    write_image(folder / "good.png", clean_gray()[..., None])
+    (folder / "broken.png").write_text("this is not a PNG")
+    (folder / "notes.txt").write_text("ignored: not an image ending")
+    (tmp_path / "data.csv").write_text("1,2,3")
+    out = tmp_path / "out"
+    args = ["denoise", "--ckpt", str(trained_run), str(folder), str(tmp_path / "missing.png"),
+            str(tmp_path / "data.csv"), "-o", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "missing.png: no such file or folder" in err
+    assert "broken.png: not a readable image" in err and "data.csv: not a readable image" in err
+    assert "notes.txt" not in err
+    assert sorted(p.name for p in out.rglob("*")) == ["good.png"]
+
+
+def test_bad_checkpoint_stops_denoise_with_its_name(tmp_path, capsys):
+    (tmp_path / "model.ckpt").write_bytes(b"junk")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["denoise", "--ckpt", str(tmp_path / "model.ckpt"), str(tmp_path), "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "model.ckpt: cannot load this checkpoint" in capsys.readouterr().err

@@ -1,0 +1,58 @@
+"""``dae export``: ONNX and TorchScript files that match PyTorch for any batch size."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dae.cli import main
+from dae.export import export_model
+from dae.inference import load_model
+from dae.nets import DnCNN
+
+
+def test_onnx_export_matches_pytorch_for_any_batch_size(trained_run, tmp_path, capsys):
+    import onnxruntime
+
+    out = tmp_path / "dae.onnx"
+    assert main(["export", "--ckpt", str(trained_run), "--format", "onnx", "-o", str(out)]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    net = load_model(trained_run).net
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch_size in (1, 7):
+        batch = torch.rand(batch_size, 1, 28, 28)
+        got = session.run(None, {"noisy": batch.numpy()})[0]
+        np.testing.assert_allclose(got, net(batch).detach().numpy(), atol=1e-5)
+
+
+def test_torchscript_export_matches_pytorch_without_dae_code(trained_run, tmp_path, capsys):
+    out = tmp_path / "dae.pt"
+    assert main(["export", "--ckpt", str(trained_run), "--format", "torchscript", "-o", str(out)]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    scripted = torch.jit.load(str(out))
+    net = load_model(trained_run).net
+    batch = torch.rand(9, 1, 28, 28)
+    torch.testing.assert_close(scripted(batch), net(batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_fully_convolutional_net_exports_at_the_chosen_size(tmp_path, fmt):
+    net = DnCNN(depth=4, width=8).eval()
+    worst = export_model(net, fmt, tmp_path / f"dncnn.{fmt}", size=(40, 33))
+    assert worst < 1e-4
+
+
+def test_missing_onnx_packages_give_an_install_hint(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt", str(trained_run), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
+    assert exit_info.value.code == 2 and "pip install 'dae[export]'" in capsys.readouterr().err
+
+
+def test_export_refuses_a_corrupt_checkpoint(tmp_path, capsys):
+    (tmp_path / "bad.ckpt").write_bytes(b"\x00" * 64)
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(tmp_path / "bad.ckpt"), "--format", "torchscript", "-o", str(tmp_path / "m.pt")])
+    assert "bad.ckpt: cannot load this checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
