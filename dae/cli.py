@@ -53,6 +53,8 @@ def default_callbacks() -> list:
             mode="min",
             filename="best-epoch{epoch:02d}-step{step}",
             auto_insert_metric_name=False,
+            # Right after validation, so that last.ckpt (written at the epoch's end) records this epoch's best.
+            save_on_train_epoch_end=False,
         ),
         ImageGridCallback(),
         LossPlotCallback(),
