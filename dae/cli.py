@@ -25,7 +25,7 @@ from dae.callbacks import (
     write_loss_plot,
 )
 from dae.checkpointing import LAST_NAME, LastCheckpoint
-from dae.data import MNISTDataModule
+from dae.data import InMemoryDataModule
 from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
 from dae.export import export_command
@@ -116,7 +116,7 @@ class DaeCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         super().__init__(
             DenoisingModule,
-            MNISTDataModule,
+            InMemoryDataModule,  # any of its subclasses, by class_path: MNISTDataModule, ImageFolderDataModule
             subclass_mode_data=True,
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": default_callbacks()},
             save_config_kwargs={"overwrite": True},
@@ -131,6 +131,9 @@ class DaeCLI(LightningCLI):
         # --progress_bar.refresh_rate 100, or --progress_bar RichProgressBar.
         parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True)
         parser.set_defaults({"progress_bar": PROGRESS_BAR_DEFAULT})
+        # The network's channel count follows the data (1 for MNIST-format sets, data.channels for image
+        # folders), whatever the config says, so the two cannot disagree. Every dae network takes in_channels.
+        parser.link_arguments("data.channels", "model.net.init_args.in_channels", apply_on="instantiate")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:

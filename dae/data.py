@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -39,23 +40,45 @@ def read_idx(path: str | os.PathLike) -> Tensor:
             data = f.read()
     except (OSError, EOFError) as e:  # gzip raises these for corrupt or truncated archives
         raise ValueError(f"{path}: cannot read IDX file ({e}); delete it and download it again") from e
+    return parse_idx(data, str(path))
+
+
+def read_idx_from_zip(archive: Path, member: str) -> Tensor:
+    """Read a gzip-compressed IDX file ``member`` straight out of a zip ``archive`` (EMNIST's gzip.zip)."""
+    name = f"{archive}:{member}"
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            data = gzip.decompress(zf.read(member))
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"{name}: cannot read IDX file ({e}); delete the archive and download it again") from e
+    return parse_idx(data, name)
+
+
+def parse_idx(data: bytes, name: str) -> Tensor:
+    """Decode the bytes of an IDX file of unsigned bytes; ``name`` says where they came from in errors."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE or not 1 <= data[3] <= 4:
         raise ValueError(
-            f"{path}: not an IDX file of unsigned bytes (magic number {data[:4].hex() or 'missing'}, "
+            f"{name}: not an IDX file of unsigned bytes (magic number {data[:4].hex() or 'missing'}, "
             f"expected 000008 followed by the number of dimensions)"
         )
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes)")
+        raise ValueError(f"{name}: truncated IDX header ({len(data)} bytes)")
     shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(torch.tensor(shape).prod())
     if len(data) != expected:
         raise ValueError(
-            f"{path}: IDX file has {len(data)} bytes, but its header {tuple(shape)} needs {expected}; "
+            f"{name}: IDX file has {len(data)} bytes, but its header {tuple(shape)} needs {expected}; "
             "the file is truncated or corrupt: delete it and download it again"
         )
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).reshape(shape)
+
+
+# EMNIST's splits and the number of images in each one's official training file.
+EMNIST_SPLITS = {"byclass": 697_932, "bymerge": 697_932, "balanced": 112_800, "letters": 124_800,
+                 "digits": 240_000, "mnist": 60_000}
+EMNIST_ARCHIVE = "gzip.zip"  # NIST's download: every split's IDX files, gzip-compressed, under gzip/
 
 
 @dataclass(frozen=True)
@@ -64,12 +87,32 @@ class IDXDataset:
 
     torchvision_class: str  # class name in torchvision.datasets, which also names its raw folder
     default_dirs: tuple[str, ...] = ()  # offline copies searched when data_dir is not given
+    emnist_split: str | None = None  # EMNIST only: the split (torchvision's ``split`` argument)
+    train_size: int = 60_000  # images in the official training file
+
+    def files(self, part: str) -> tuple[str, str]:
+        """The (images, labels) IDX file names of ``part`` (``train`` or ``test``), without ``.gz``."""
+        if self.emnist_split is None:
+            return _SPLIT_FILES[part]
+        stem = f"emnist-{self.emnist_split}-{part}"
+        return f"{stem}-images-idx3-ubyte", f"{stem}-labels-idx1-ubyte"
+
+    @property
+    def transposed(self) -> bool:
+        """EMNIST stores each image transposed (column by column); it is flipped back on loading."""
+        return self.emnist_split is not None
+
+    @property
+    def torchvision_kwargs(self) -> dict[str, str]:
+        return {} if self.emnist_split is None else {"split": self.emnist_split}
 
 
 DATASETS: dict[str, IDXDataset] = {
     "mnist": IDXDataset("MNIST"),
     "fashion_mnist": IDXDataset("FashionMNIST", default_dirs=("/usr/share/datasets/fashion-mnist",)),
     "kmnist": IDXDataset("KMNIST"),
+    **{f"emnist_{split}": IDXDataset("EMNIST", emnist_split=split, train_size=size)
+       for split, size in EMNIST_SPLITS.items()},
 }
 
 
@@ -122,35 +165,100 @@ def _batch_collate(batch: Tensor) -> Tensor:
     return batch
 
 
-def split_sizes(total: int, val_split: int | float) -> tuple[int, int]:
-    """(train, val) sizes for ``val_split`` given as a count (int >= 1) or a fraction in (0, 1)."""
-    if isinstance(val_split, bool) or not isinstance(val_split, (int, float)):
-        raise ValueError(f"val_split must be a count or a fraction, got {val_split!r}")
-    if isinstance(val_split, float):
-        if not 0.0 < val_split < 1.0:
-            raise ValueError(f"val_split as a fraction must lie strictly between 0 and 1, got {val_split}")
-        n_val = max(1, round(total * val_split))
-    else:
-        n_val = val_split
-    if n_val < 1:
-        raise ValueError(f"val_split must be a count >= 1 or a fraction between 0 and 1, got {val_split!r}")
-    if n_val >= total:
+def check_split(split: int | float, name: str = "val_split") -> None:
+    """Refuse a split size that is neither a count >= 1 nor a fraction strictly between 0 and 1."""
+    if isinstance(split, bool) or not isinstance(split, (int, float)):
+        raise ValueError(f"{name} must be a count or a fraction, got {split!r}")
+    if isinstance(split, float) and not 0.0 < split < 1.0:
+        raise ValueError(f"{name} as a fraction must lie strictly between 0 and 1, got {split}")
+    if isinstance(split, int) and split < 1:
+        raise ValueError(f"{name} as a count must be >= 1, got {split}")
+
+
+def split_sizes(
+    total: int, split: int | float, name: str = "val_split", source: str = "the training file"
+) -> tuple[int, int]:
+    """(rest, split) sizes for a split of ``total`` images given as a count (int >= 1) or a fraction in (0, 1).
+
+    ``name`` (the argument) and ``source`` (where the ``total`` images come from) word the error messages.
+    """
+    check_split(split, name)
+    n_split = max(1, round(total * split)) if isinstance(split, float) else split
+    if not n_split < total:
         raise ValueError(
-            f"val_split={val_split!r} leaves no images for training or validation: the training file has "
-            f"{total} images, so give a count between 1 and {total - 1} or a fraction such as 0.1"
+            f"{name}={split!r} leaves no images for the other splits: {source} has {total} images, "
+            f"so give a count between 1 and {total - 1} or a fraction such as 0.1"
         )
-    return total - n_val, n_val
+    return total - n_split, n_split
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """MNIST-format data sets (MNIST, Fashion-MNIST, KMNIST) from IDX files.
+class InMemoryDataModule(L.LightningDataModule):
+    """What every dae data module shares: datasets built in ``setup``, served as uint8 batches (B, C, H, W).
+
+    Subclasses set ``channels`` (the network's ``in_channels`` follows it) and fill ``train_set``,
+    ``val_set`` and ``test_set`` in ``setup``; the test split also serves ``predict``.
+    """
+
+    channels: int = 1
+
+    def __init__(self, batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        """A loader in file order, or (``shuffle``) a shuffled one that resumes mid-epoch (see dae.sampling)."""
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        kwargs: dict = dict(
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_batch_collate,
+            persistent_workers=self.num_workers > 0,
+        )
+        if not shuffle:
+            return DataLoader(dataset, **kwargs)
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochShuffleSampler(dataset, self._shuffle_seed(), world_size, rank)
+        return ResumableDataLoader(dataset, sampler, **kwargs)
+
+    def _shuffle_seed(self) -> int:
+        # The training order follows seed_everything; under DDP rank 0's seed wins so that all ranks agree.
+        seed = torch.initial_seed() % 2**62
+        return seed if self.trainer is None else self.trainer.strategy.broadcast(seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class MNISTDataModule(InMemoryDataModule):
+    """MNIST-format data sets (MNIST, Fashion-MNIST, KMNIST, EMNIST) from IDX files; gray, so ``channels`` is 1.
 
     The official training file is split into train/val by a seeded permutation; the official test file is
     the test split and is never mixed into training. Local IDX files (``.gz`` or uncompressed, directly in
-    ``data_dir`` or in torchvision's ``<Class>/raw`` layout) are used without touching the network.
+    ``data_dir`` or in torchvision's ``<Class>/raw`` layout; for EMNIST also NIST's ``gzip.zip``) are used
+    without touching the network. EMNIST's transposed images are turned upright.
 
     Args:
-        dataset: ``mnist``, ``fashion_mnist`` or ``kmnist``.
+        dataset: ``mnist``, ``fashion_mnist``, ``kmnist`` or ``emnist_<split>`` with split one of byclass,
+            bymerge, balanced, letters, digits, mnist (e.g. ``emnist_letters``).
         data_dir: folder with (or for) the IDX files; default ``data``, and for Fashion-MNIST the Debian
             package's copy (/usr/share/datasets/fashion-mnist) when it is installed.
         batch_size: images per training batch (validation and test use the same).
@@ -173,13 +281,9 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = True,
         on_device: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if on_device and num_workers:
             raise ValueError(
                 f"on_device keeps the images on the GPU, where worker processes cannot read them: "
@@ -187,19 +291,14 @@ class MNISTDataModule(L.LightningDataModule):
             )
         if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
             raise ValueError(f"data_dir {data_dir!r} is a file; give the folder that holds the IDX files")
-        split_sizes(60_000, val_split)  # rejects malformed values now; the real size is checked in setup
+        split_sizes(DATASETS[dataset].train_size, val_split)  # fails early; setup checks the files' real size
         self.save_hyperparameters()
         self.dataset = dataset
         self.data_dir = data_dir
-        self.batch_size = batch_size
         self.val_split = val_split
         self.split_seed = split_seed
-        self.num_workers = num_workers
         self.download = download
         self.on_device = on_device
-        self.train_set: ImageTensorDataset | None = None
-        self.val_set: ImageTensorDataset | None = None
-        self.test_set: ImageTensorDataset | None = None
 
     @property
     def spec(self) -> IDXDataset:
@@ -215,22 +314,29 @@ class MNISTDataModule(L.LightningDataModule):
         return [d for r in roots for d in (r, r / self.spec.torchvision_class / "raw")]
 
     def _required_files(self) -> list[str]:
-        return [name for names in _SPLIT_FILES.values() for name in names]
+        return [name for part in _SPLIT_FILES for name in self.spec.files(part)]
 
     def _find(self, name: str) -> Path | None:
         return find_idx_file(self._search_dirs(), name)
 
+    def _archive(self) -> Path | None:
+        """EMNIST's zip of every split (NIST's download), when it lies in one of the searched folders."""
+        if self.spec.emnist_split is None:
+            return None
+        return next((d / EMNIST_ARCHIVE for d in self._search_dirs() if (d / EMNIST_ARCHIVE).is_file()), None)
+
     def _missing_error(self, reason: str) -> FileNotFoundError:
         names = ", ".join(f"{n}[.gz]" for n in self._required_files())
+        archive = f" (or NIST's {EMNIST_ARCHIVE}, which holds them)" if self.spec.emnist_split else ""
         return FileNotFoundError(
             f"{self.spec.torchvision_class} files not found in {self.root.resolve()} ({reason}). "
-            f"Put the four IDX files there (flat, or in {self.spec.torchvision_class}/raw/): {names}; "
+            f"Put the four IDX files there{archive} (flat, or in {self.spec.torchvision_class}/raw/): {names}; "
             "or point --data.data_dir at the folder that holds them."
         )
 
     def prepare_data(self) -> None:
         """Download missing files (runs on one process per node under DDP)."""
-        if all(self._find(name) for name in self._required_files()):
+        if all(self._find(name) for name in self._required_files()) or self._archive() is not None:
             return
         if not self.download:
             raise self._missing_error("download is off")
@@ -239,18 +345,24 @@ class MNISTDataModule(L.LightningDataModule):
         dataset_class = getattr(torchvision.datasets, self.spec.torchvision_class)
         try:
             for train in (True, False):
-                dataset_class(str(self.root), train=train, download=True)
+                dataset_class(str(self.root), train=train, download=True, **self.spec.torchvision_kwargs)
         except Exception as e:  # noqa: BLE001 - any failure to fetch means the same thing to the user
             raise self._missing_error(f"download failed: {e}") from e
 
     def _load(self, split: str) -> Tensor:
-        images_name = _SPLIT_FILES[split][0]
-        path = self._find(images_name)
-        if path is None:
+        images_name = self.spec.files(split)[0]
+        path, archive = self._find(images_name), self._archive()
+        if path is not None:
+            images = read_idx(path)
+        elif archive is not None:
+            path = f"{archive}:gzip/{images_name}.gz"
+            images = read_idx_from_zip(archive, f"gzip/{images_name}.gz")
+        else:
             raise self._missing_error(f"{images_name} is missing")
-        images = read_idx(path)
         if images.ndim != 3:
             raise ValueError(f"{path}: expected images of shape (N, H, W), got {tuple(images.shape)}")
+        if self.spec.transposed:
+            images = images.transpose(1, 2)
         return images.unsqueeze(1).contiguous()  # (N, 1, H, W)
 
     def setup(self, stage: str | None = None) -> None:
@@ -263,40 +375,10 @@ class MNISTDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = ImageTensorDataset(self._load("test"))
 
-    def _loader(self, dataset: ImageTensorDataset | None, shuffle_seed: int | None = None) -> DataLoader:
-        """A loader in file order, or (with ``shuffle_seed``) a resumable shuffled one for training."""
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for a dataloader")
-        if self.on_device:
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if self.on_device and isinstance(dataset, ImageTensorDataset):
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             dataset.images = dataset.images.to(device)  # once: a no-op when they are already there
-            sampler = DeviceBatchSampler(len(dataset), self.batch_size, shuffle_seed is not None, device)
+            sampler = DeviceBatchSampler(len(dataset), self.batch_size, shuffle, device)
             return DataLoader(dataset, batch_sampler=sampler, collate_fn=_batch_collate)
-        kwargs: dict = dict(
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=_batch_collate,
-            persistent_workers=self.num_workers > 0,
-        )
-        if shuffle_seed is None:
-            return DataLoader(dataset, **kwargs)
-        trainer = self.trainer
-        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return ResumableDataLoader(dataset, EpochShuffleSampler(dataset, shuffle_seed, world_size, rank), **kwargs)
-
-    def _shuffle_seed(self) -> int:
-        # The training order follows seed_everything; under DDP rank 0's seed wins so that all ranks agree.
-        seed = torch.initial_seed() % 2**62
-        return seed if self.trainer is None else self.trainer.strategy.broadcast(seed)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle_seed=self._shuffle_seed())
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return super()._loader(dataset, shuffle)

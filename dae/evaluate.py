@@ -146,12 +146,12 @@ def _network_methods(paths: Sequence[str], batch_size: int) -> tuple[list[Networ
         module = load_model(file)
         if not data_hparams:
             data_hparams = dict(load_checkpoint(file).get("datamodule_hyper_parameters") or {})
-        name = f"{type(module.net).__name__} (std {getattr(module.noise, 'std', '?')})"
+        name = f"{type(module.net).__name__}, {module.noise!r}"
         methods.append(NetworkMethod(name, module, str(file), batch_size))
     names = [m.name for m in methods]
-    for method in methods:
-        if names.count(method.name) > 1:  # two runs of one setup: tell them apart by their run folder
-            method.name += f" [{Path(method.source).parent.parent.name}]"
+    for number, method in enumerate(methods, 1):
+        if names.count(method.name) > 1:  # two runs of one setup: the CSV's params column names each file
+            method.name += f" [checkpoint {number}]"
     return methods, {k: v for k, v in data_hparams.items() if not str(k).startswith("_")}
 
 
@@ -195,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
 def evaluate_command(argv: Sequence[str]) -> int:
     """``dae evaluate [CKPT ...]``: PSNR/SSIM and speed of checkpoints and classical baselines on the test split."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # checkpoints may also follow the options
     if any(not 0 <= s <= 1 for s in args.std):
         parser.error(f"--std values must lie in [0, 1] (the image scale), got {args.std}")
     if not args.checkpoints and args.dataset is None:

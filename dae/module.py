@@ -98,6 +98,16 @@ class DenoisingModule(L.LightningModule):
             {s: PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)) for s in STAGES}
         )
 
+    def setup(self, stage: str) -> None:
+        """Refuse data whose channel count the network does not take, before any step runs."""
+        data_channels = getattr(self.trainer.datamodule, "channels", None)
+        net_channels = getattr(self.net, "in_channels", None)
+        if data_channels is not None and net_channels is not None and data_channels != net_channels:
+            raise ValueError(
+                f"the data has {data_channels} channels but the network takes {net_channels}: set "
+                f"model.net.init_args.in_channels to {data_channels} (the dae command does this by itself)"
+            )
+
     def forward(self, noisy: Tensor) -> Tensor:
         return self.net(noisy)
 

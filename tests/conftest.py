@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.idx import write_mnist_files
+from tests.idx import write_image_folder, write_mnist_files
 
 # Tests run on the CPU and must not fight over the two cores of a small machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -22,6 +22,14 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the four MNIST IDX files (uncompressed): 320 train and 96 test synthetic images."""
     folder = tmp_path_factory.mktemp("mnist")
     write_mnist_files(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder (with a subfolder) of 30 RGB PNGs of 70x76 pixels."""
+    folder = tmp_path_factory.mktemp("images")
+    write_image_folder(folder)
     return folder
 
 

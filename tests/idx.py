@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 IMAGE_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
@@ -51,4 +52,40 @@ def write_mnist_files(folder: Path, n_train: int = 320, n_test: int = 96, compre
         write_idx(folder / IMAGE_FILES[split], images, compress)
         labels = np.arange(len(images), dtype=np.uint8) % 10
         write_idx(folder / LABEL_FILES[split], labels, compress)
+    return arrays
+
+
+def write_emnist_files(folder: Path, split: str, n_train: int = 80, n_test: int = 24) -> dict:
+    """Write EMNIST's four IDX files for ``split`` (gzip-compressed, images stored transposed as NIST does).
+
+    Returns the upright image arrays by split.
+    """
+    arrays = {"train": synthetic_images(n_train, seed=3), "test": synthetic_images(n_test, seed=4)}
+    for part, images in arrays.items():
+        stem = f"emnist-{split}-{part}"
+        write_idx(folder / f"{stem}-images-idx3-ubyte", images.transpose(0, 2, 1), compress=True)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte", np.zeros(len(images), np.uint8), compress=True)
+    return arrays
+
+
+IMAGE_SIZE = (70, 76)  # (height, width) of the fixture's RGB images: not 28x28, and larger than 64x64 patches
+
+
+def synthetic_rgb(n: int, size: tuple[int, int] = IMAGE_SIZE) -> list[np.ndarray]:
+    """``n`` RGB uint8 images (height, width, 3) whose three channels hold different shapes."""
+    height, width = size
+    side = max(height, width)
+    return [
+        np.stack([synthetic_images(1, side, seed=100 + 3 * i + c)[0, :height, :width] for c in range(3)], axis=-1)
+        for i in range(n)
+    ]
+
+
+def write_image_folder(folder: Path, n: int = 30, size: tuple[int, int] = IMAGE_SIZE) -> list[np.ndarray]:
+    """Write ``synthetic_rgb(n, size)`` as PNGs, every other one in a subfolder; returns the arrays."""
+    arrays = synthetic_rgb(n, size)
+    for i, rgb in enumerate(arrays):
+        path = folder / ("nested" if i % 2 else "") / f"img{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb, mode="RGB").save(path)
     return arrays

@@ -1,12 +1,14 @@
 import gzip
 import shutil
+import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from dae.data import MNISTDataModule, read_idx, split_sizes
-from tests.idx import IMAGE_FILES, idx_bytes, write_mnist_files
+from dae.data import DATASETS, MNISTDataModule, read_idx, split_sizes
+from tests.idx import IMAGE_FILES, idx_bytes, write_emnist_files, write_mnist_files
 
 
 def make_dm(data_dir, **kwargs):
@@ -129,6 +131,75 @@ def test_corrupt_local_file_is_named(tmp_path, mnist_dir):
     dm = make_dm(tmp_path)
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.*not an IDX file"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize("dataset,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"),
+                                            ("kmnist", "KMNIST")])
+def test_each_mnist_format_dataset_reads_its_local_files(tmp_path, dataset, folder):
+    arrays = write_mnist_files(tmp_path / folder / "raw", compress=True)
+    dm = make_dm(tmp_path, dataset=dataset)
+    dm.prepare_data()  # finds the files: download is off and nothing is missing
+    dm.setup()
+    assert torch.equal(dm.test_set.images[:, 0], torch.from_numpy(arrays["test"]))
+    both = torch.cat([dm.train_set.images, dm.val_set.images])
+    assert sorted(map(bytes, both.numpy())) == sorted(map(bytes, arrays["train"][:, None]))
+
+
+def test_emnist_split_is_read_upright_from_its_own_files(tmp_path):
+    arrays = write_emnist_files(tmp_path / "EMNIST" / "raw", "letters")
+    write_emnist_files(tmp_path / "EMNIST" / "raw", "digits", n_test=8)  # another split beside it
+    dm = make_dm(tmp_path, dataset="emnist_letters", val_split=16)
+    dm.prepare_data()
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (64, 16, 24)
+    # NIST stores the images transposed; the module turns them back, so they equal the upright originals.
+    assert torch.equal(dm.test_set.images[:, 0], torch.from_numpy(arrays["test"]))
+    assert dm.channels == 1
+
+
+def test_emnist_reads_nists_zip_without_unpacking(tmp_path):
+    raw = tmp_path / "unpacked"
+    arrays = write_emnist_files(raw, "balanced")
+    with zipfile.ZipFile(tmp_path / "gzip.zip", "w") as zf:
+        for f in raw.iterdir():
+            zf.write(f, f"gzip/{f.name}")
+    dm = make_dm(tmp_path, dataset="emnist_balanced", val_split=8)
+    dm.prepare_data()
+    dm.setup("test")
+    assert torch.equal(dm.test_set.images[:, 0], torch.from_numpy(arrays["test"]))
+    missing = make_dm(tmp_path, dataset="emnist_digits")
+    with pytest.raises(ValueError, match=r"gzip\.zip:gzip/emnist-digits-train-images-idx3-ubyte\.gz"):
+        missing.setup("fit")
+
+
+def test_emnist_missing_files_error_names_the_split_files_and_the_zip(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        make_dm(tmp_path, dataset="emnist_byclass").prepare_data()
+    message = str(err.value)
+    assert "emnist-byclass-train-images-idx3-ubyte" in message and "emnist-byclass-test-labels-idx1-ubyte" in message
+    assert "gzip.zip" in message and "EMNIST/raw" in message
+
+
+def test_emnist_split_must_be_named_and_its_size_is_known():
+    with pytest.raises(ValueError, match="unknown dataset 'emnist'.*emnist_balanced.*emnist_letters"):
+        MNISTDataModule(dataset="emnist")
+    MNISTDataModule(dataset="emnist_byclass", val_split=100_000)  # a count that fits EMNIST's 697,932
+    with pytest.raises(ValueError, match="val_split"):
+        MNISTDataModule(dataset="mnist", val_split=100_000)
+
+
+def test_fashion_mnist_without_data_dir_finds_the_system_copy(tmp_path, monkeypatch):
+    # The real search path is where Debian's dataset-fashion-mnist package puts the files ...
+    assert DATASETS["fashion_mnist"].default_dirs == ("/usr/share/datasets/fashion-mnist",)
+    # ... and a copy there is used when data_dir is not given (here a stand-in folder, so the test needs no package).
+    system_copy = tmp_path / "usr-share-datasets-fashion-mnist"
+    arrays = write_mnist_files(system_copy, compress=True)
+    monkeypatch.setitem(DATASETS, "fashion_mnist", replace(DATASETS["fashion_mnist"], default_dirs=(str(system_copy),)))
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    dm = MNISTDataModule(dataset="fashion_mnist", data_dir=None, val_split=64, download=False)
+    dm.prepare_data()
+    dm.setup("test")
+    assert torch.equal(dm.test_set.images[:, 0], torch.from_numpy(arrays["test"]))
 
 
 def _on_device_epoch(dm, loader):

@@ -41,7 +41,7 @@ def _run(args: list[str], capsys) -> tuple[str, list[dict], dict]:
 def test_evaluate_tables_noisy_input_both_checkpoints_and_baselines(two_checkpoints, tmp_path, capsys):
     out, rows, data = _run([*map(str, two_checkpoints), "--std", "0.1", "0.5", "--limit", "4", "--tune-limit", "4",
                             "-o", str(tmp_path / "eval")], capsys)
-    methods = ["noisy input", "UNet (std 0.5)", "DnCNN (std 0.5)"]
+    methods = ["noisy input", "UNet, GaussianNoise(std=0.5, clip=False)", "DnCNN, GaussianNoise(std=0.5, clip=False)"]
     if HAVE_BASELINES:
         methods += ["BM3D", "NL-means", "TV", "wavelet"]
     assert [r["method"] for r in rows] == methods * 2
@@ -64,12 +64,20 @@ def test_evaluate_tables_noisy_input_both_checkpoints_and_baselines(two_checkpoi
     assert rows[1]["params"].endswith(".ckpt")  # the network rows say which checkpoint file was used
 
 
+def test_two_checkpoints_of_one_setup_get_distinct_names(two_checkpoints, tmp_path, capsys):
+    run = str(two_checkpoints[0])
+    out, rows, _ = _run([run, run, "--std", "0.5", "--limit", "2", "--baselines", "-o", str(tmp_path / "e")], capsys)
+    names = [r["method"] for r in rows]
+    assert names[1:] == [f"UNet, GaussianNoise(std=0.5, clip=False) [checkpoint {i}]" for i in (1, 2)]
+    assert all(f"| {n} |" in out for n in names)
+
+
 def test_evaluate_without_the_baselines_extra_gives_a_notice(two_checkpoints, tmp_path, capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("bm3d", "skimage") else real(name, *a))
-    out, rows, _ = _run([str(two_checkpoints[0]), "--std", "0.25", "--limit", "8", "-o", str(tmp_path / "e")], capsys)
-    assert [r["method"] for r in rows] == ["noisy input", "UNet (std 0.5)"]
+    out, rows, _ = _run(["--limit", "8", str(two_checkpoints[0]), "--std", "0.25", "-o", str(tmp_path / "e")], capsys)
+    assert [r["method"] for r in rows] == ["noisy input", "UNet, GaussianNoise(std=0.5, clip=False)"]
     assert out.count("notice:") == 4 and "pip install 'dae[baselines]'" in out
 
 
