@@ -94,6 +94,8 @@ def dae_subprocess(cwd: Path, args: list[str]) -> subprocess.Popen:
     """Start ``python -m dae ARGS`` in ``cwd`` (output in cwd/dae.log), with tests.probes importable."""
     cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+        env.pop(name, None)  # set by Trainers built earlier in this process; a fresh job picks its own
     with open(cwd / "dae.log", "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "dae", *args], cwd=cwd, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
