@@ -1,4 +1,5 @@
-"""Callbacks that only observe: the image grid, the training-loss plot, and the prediction PNG writer."""
+"""Callbacks: the image grid, the training-loss plot, the prediction PNG writer, hyperparameters for TensorBoard,
+and the stop on a non-finite loss."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
 from torchvision.utils import make_grid
 
 LOSS_PLOT_NAME = "loss.png"
@@ -143,3 +145,103 @@ class PredictionImageWriter(BasePredictionWriter):
         indices = batch_indices or range(batch_idx * len(prediction), (batch_idx + 1) * len(prediction))
         for index, image in zip(indices, prediction):
             write_image(folder / f"{index:05d}.png", from_unit_tensor(image, np.dtype(np.uint8)))
+
+
+def flatten_hparams(params: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested hyperparameters as one level of ``a/b`` keys with values TensorBoard can show."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in params.items():
+        if str(key).startswith("_"):  # LightningCLI's bookkeeping (_instantiator, _class_path), not settings
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_hparams(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+class TensorBoardRunCallback(L.Callback):
+    """Makes a run read well in TensorBoard.
+
+    * Fills the HPARAMS tab with the model's, data's and main trainer settings beside ``metrics``; TensorBoard
+      shows each metric's latest value in the run, so the tab holds the final ``val/psnr``. (Lightning's own
+      ``log_hyperparams(params, metrics)`` would also log the metrics as scalars at step 0, a false first point
+      on every curve, so this writes only the hparams summaries.)
+    * When training resumes from a checkpoint, marks a restart at its step, so that TensorBoard drops what the
+      interrupted run logged after that checkpoint instead of drawing those steps twice.
+    """
+
+    def __init__(self, metrics: tuple[str, ...] = ("val/psnr", "val/ssim", "val/loss")) -> None:
+        super().__init__()
+        self.metrics = tuple(metrics)
+
+    @staticmethod
+    def _writers(trainer: L.Trainer) -> list:
+        return [lg.experiment._get_file_writer() for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        params = {
+            "model": dict(pl_module.hparams),
+            "data": dict(trainer.datamodule.hparams) if trainer.datamodule is not None else {},
+            "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                        "world_size": trainer.world_size},
+            "seed": torch.initial_seed(),
+        }
+        summaries = hparams(flatten_hparams(params), {name: 0.0 for name in self.metrics})
+        for writer in self._writers(trainer):
+            for summary in summaries:
+                writer.add_summary(summary)
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        for writer in self._writers(trainer):  # the same event SummaryWriter(purge_step=...) writes
+            writer.add_event(Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START)))
+
+
+class NonFiniteLossStop(L.Callback):
+    """Stops training once the training loss has been NaN or infinite, and keeps such weights out of checkpoints.
+
+    Each step only updates a flag on the device (reading the loss every step would cost a host sync on a GPU);
+    the flag is read before every checkpoint is written and at every epoch end, so no checkpoint holds the
+    weights of a diverged run, and the message names the first step whose loss was not finite.
+    Under DDP all ranks stop together.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._first_bad_step: Tensor | None = None  # -1 while every loss has been finite
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, Tensor):
+            return
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()).all() & (self._first_bad_step < 0)
+        # global_step already counts this step: the loss belonged to step global_step - 1 (counting from 0).
+        self._first_bad_step = torch.where(bad, trainer.global_step - 1, self._first_bad_step)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        step = -1 if self._first_bad_step is None else int(self._first_bad_step)
+        if trainer.strategy.reduce_boolean_decision(step < 0, all=True):
+            return
+        raise FloatingPointError(
+            f"the training loss became NaN or infinite at global step {step}; training stopped at step "
+            f"{trainer.global_step} without writing a checkpoint since, so last.ckpt holds the last good state. "
+            "Lower --model.lr or check the data and noise settings, then resume from it (--ckpt_path last) "
+            "or start again."
+        )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)

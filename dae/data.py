@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dae.sampling import EpochShuffleSampler, ResumableDataLoader
+
 # IDX magic numbers: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
 _IDX_UBYTE = 0x08
 _SPLIT_FILES = {
@@ -212,16 +214,26 @@ class InMemoryDataModule(L.LightningDataModule):
         self.test_set: Dataset | None = None
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        """A loader in file order, or (``shuffle``) a shuffled one that resumes mid-epoch (see dae.sampling)."""
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return DataLoader(
-            dataset,
+        kwargs: dict = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=_batch_collate,
             persistent_workers=self.num_workers > 0,
         )
+        if not shuffle:
+            return DataLoader(dataset, **kwargs)
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochShuffleSampler(dataset, self._shuffle_seed(), world_size, rank)
+        return ResumableDataLoader(dataset, sampler, **kwargs)
+
+    def _shuffle_seed(self) -> int:
+        # The training order follows seed_everything; under DDP rank 0's seed wins so that all ranks agree.
+        seed = torch.initial_seed() % 2**62
+        return seed if self.trainer is None else self.trainer.strategy.broadcast(seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

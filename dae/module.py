@@ -88,8 +88,11 @@ class DenoisingModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()  # compiles the call in place: parameter names (and checkpoints) do not change
+        self.train_noise_seed: int | None = None  # set on the first training step, restored from checkpoints
         # No NaN check: it would cost a host sync every step, and a NaN loss should show in the epoch mean.
+        # Persistent: a run resumed mid-epoch still reports the mean over the whole epoch.
         self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_loss.persistent(True)
         self.eval_metrics = nn.ModuleDict({s: image_metrics(f"{s}/") for s in STAGES})
         self.noisy_psnr = nn.ModuleDict(
             {s: PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)) for s in STAGES}
@@ -108,10 +111,21 @@ class DenoisingModule(L.LightningModule):
     def forward(self, noisy: Tensor) -> Tensor:
         return self.net(noisy)
 
+    def _generator(self, seed: int, index: int, stream: int = 0) -> torch.Generator:
+        # One generator per (seed, stream, rank, index): noise that depends on nothing but these numbers.
+        seed = seed + 1_000_003 * (self.global_rank + 7919 * stream) + index
+        return torch.Generator(device=self.device).manual_seed(seed % 2**63)
+
     def _eval_generator(self, batch_idx: int, dataloader_idx: int = 0) -> torch.Generator:
         # Seeded per batch (and rank), so a given run setup sees the same noisy images every epoch and every run.
-        seed = self.eval_noise_seed + 1_000_003 * (self.global_rank + 7919 * dataloader_idx) + batch_idx
-        return torch.Generator(device=self.device).manual_seed(seed)
+        return self._generator(self.eval_noise_seed, batch_idx, dataloader_idx)
+
+    def _train_generator(self) -> torch.Generator:
+        # Seeded per optimizer step: fresh noise every step, yet a run resumed from a checkpoint draws exactly the
+        # noise the uninterrupted run would have drawn. The seed follows seed_everything and is checkpointed.
+        if self.train_noise_seed is None:
+            self.train_noise_seed = torch.initial_seed()
+        return self._generator(self.train_noise_seed, self.global_step)
 
     def _clean(self, batch: Tensor) -> Tensor:
         """A batch of images as floats in [0, 1], in the network's memory layout."""
@@ -120,12 +134,12 @@ class DenoisingModule(L.LightningModule):
 
     def _shared_step(self, batch: Tensor, batch_idx: int, stage: str) -> dict[str, Tensor]:
         clean = self._clean(batch)
-        generator = None if stage == "train" else self._eval_generator(batch_idx)
+        generator = self._train_generator() if stage == "train" else self._eval_generator(batch_idx)
         noisy = self.noise(clean, generator=generator)
         denoised = self.net(noisy)
         loss = F.mse_loss(denoised, clean)
         if stage == "train":
-            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True)
             self.train_loss.update(loss.detach())  # logged once per epoch, in on_train_epoch_end
         else:
             self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(clean))
@@ -152,6 +166,29 @@ class DenoisingModule(L.LightningModule):
         """Denoised images in [0, 1] for a batch of clean images, noised with the seeded test-time noise."""
         noisy = self.noise(self._clean(batch), generator=self._eval_generator(batch_idx, dataloader_idx))
         return self.net(noisy)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["train_noise_seed"] = self.train_noise_seed
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_same_architecture(checkpoint)
+        self.train_noise_seed = checkpoint.get("train_noise_seed")
+
+    def _check_same_architecture(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, with a message that says what differs, a checkpoint whose weights do not fit this network."""
+        own = {k: tuple(v.shape) for k, v in self.state_dict().items() if k.startswith("net.")}
+        theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        if own == theirs:
+            return
+        key = (sorted(set(own) ^ set(theirs)) or [k for k in own if own[k] != theirs[k]])[0]
+        trained_with = checkpoint.get("hyper_parameters", {}).get("net", "a different network")
+        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        raise ValueError(
+            f"{path} was trained with {trained_with}, which does not fit this run's network "
+            f"(first difference: {key}, shape {theirs.get(key, 'missing')} in the checkpoint, "
+            f"{own.get(key, 'missing')} here). Resume with the model settings it was trained with "
+            "(see config.yaml in its run folder), or start a new run without --ckpt_path."
+        )
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(

@@ -1,8 +1,9 @@
 """Noise models: callables ``noise(clean, generator=None) -> noisy`` on the clean batch's device.
 
-Clean batches are floats in [0, 1] of shape (B, C, H, W). Training passes no generator (fresh noise from
-the global RNG every step); validation and test pass a seeded ``torch.Generator`` so that the same images
-get the same noise in every run.
+Clean batches are floats in [0, 1] of shape (B, C, H, W). The LightningModule always passes a seeded
+``torch.Generator``: in training one per step (fresh noise every step, redrawn exactly by a resumed run), in
+validation and test one per batch, so that the same images get the same noise in every run. Without a
+generator the global RNG is used.
 """
 
 from __future__ import annotations

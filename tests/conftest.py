@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -83,3 +85,28 @@ def trained_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     main(fit_args(mnist_dir, "--trainer.max_epochs=5", "--trainer.limit_train_batches=4", "--model.lr=0.003",
                   f"--trainer.logger.init_args.save_dir={root}", f"--trainer.default_root_dir={root}"))
     return root / "lightning_logs" / "version_0"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dae_subprocess(cwd: Path, args: list[str]) -> subprocess.Popen:
+    """Start ``python -m dae ARGS`` in ``cwd`` (output in cwd/dae.log), with tests.probes importable."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+        env.pop(name, None)  # set by Trainers built earlier in this process; a fresh job picks its own
+    with open(cwd / "dae.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "dae", *args], cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def run_dae(cwd: Path, args: list[str], timeout: float = 240) -> tuple[int, str]:
+    """Run ``python -m dae ARGS`` in ``cwd`` to its end (killed after ``timeout`` s); returns (exit code, output)."""
+    proc = dae_subprocess(cwd, args)
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+    return code, (cwd / "dae.log").read_text(errors="replace")

@@ -170,3 +170,17 @@ def test_on_device_fit_runs(mnist_dir, tmp_path, monkeypatch):
     main(fit_args(mnist_dir, "--data.on_device=true", "--trainer.max_epochs=1"))
     ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
+
+
+def test_same_seed_gives_identical_losses_and_another_seed_does_not(mnist_dir, tmp_path, monkeypatch):
+    def train_losses(folder: str, *extra: str) -> list[tuple[int, float]]:
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        assert main(fit_args(mnist_dir, *extra)) == 0  # seed_everything: 0 comes from configs/mnist.yaml
+        scalars = read_scalars(tmp_path / folder / "lightning_logs" / "version_0")
+        return scalars["train/loss"] + scalars["val/loss"]
+
+    first = train_losses("a")
+    assert len(first) == 6 + 2
+    assert train_losses("b") == first  # bit for bit
+    assert train_losses("c", "--seed_everything=1") != first

@@ -9,7 +9,7 @@ from dae.noise import GaussianNoise
 
 
 class RecordingNoise(GaussianNoise):
-    """Gaussian noise that keeps what it added, to check where it came from."""
+    """Gaussian noise that keeps what it added and whether it was training, to check where it came from."""
 
     def __init__(self, std=0.5):
         super().__init__(std)
@@ -17,7 +17,7 @@ class RecordingNoise(GaussianNoise):
 
     def forward(self, clean, generator=None):
         noisy = super().forward(clean, generator)
-        self.calls.append((generator is not None, (noisy - clean).detach().clone()))
+        self.calls.append((self.training, (noisy - clean).detach().clone()))
         return noisy
 
 
@@ -46,8 +46,8 @@ def test_training_gets_fresh_noise_each_step_and_eval_noise_repeats(mnist_dir, t
     module = DenoisingModule(noise=noise)
     trainer = tiny_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0)
     trainer.fit(module, dm_for(mnist_dir, batch_size=32))
-    train = [n for seeded, n in noise.calls if not seeded]
-    val = [n for seeded, n in noise.calls if seeded]
+    train = [n for training, n in noise.calls if training]
+    val = [n for training, n in noise.calls if not training]
     assert len(train) == 6 and len(val) == 4
     assert all(not torch.equal(a, b) for i, a in enumerate(train) for b in train[i + 1:])
     # Epoch 1 and epoch 2 validation see exactly the same noise, batch for batch.

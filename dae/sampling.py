@@ -1,0 +1,65 @@
+"""Training batches in an order that can be rebuilt, so that a run resumed mid-epoch trains exactly as if it had
+never stopped.
+
+The order of epoch ``e`` is a permutation seeded by ``seed + e`` (``DistributedSampler``'s rule, so under DDP
+every rank takes its share of the same permutation), and the loader's place in the epoch is saved in Lightning
+checkpoints through ``state_dict``/``load_state_dict``, Lightning's interface for resumable loaders.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterator
+
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """Shuffles each epoch with a permutation seeded by ``seed + epoch``; can start part-way into an epoch.
+
+    Being a ``DistributedSampler``, Lightning keeps it under DDP instead of swapping in its own sampler, and
+    calls ``set_epoch`` on it before every epoch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0  # indices of this rank's share to leave out once, at the start of the next pass
+
+    def __iter__(self) -> Iterator[int]:
+        # A generator: it reads ``epoch`` and ``skip`` on the first batch, after Lightning has called set_epoch.
+        skip, self.skip = self.skip, 0
+        yield from itertools.islice(super().__iter__(), skip, None)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over an ``EpochShuffleSampler`` that tells Lightning how far into the epoch it got.
+
+    ``state_dict`` records the sampler seed, the epoch and the number of batches served in it; after
+    ``load_state_dict`` the next pass over that same epoch starts with the first batch not served yet.
+    """
+
+    sampler: EpochShuffleSampler
+
+    def __init__(self, dataset: Dataset, sampler: EpochShuffleSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self._epoch = sampler.epoch
+        self._served = 0
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        self._epoch, self._served = self.sampler.epoch, 0
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] == self._epoch:
+            self._served = resume["batches"]
+            self.sampler.skip = self._served * self.batch_size
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.sampler.seed, "epoch": self._epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.seed = state["seed"]
+        self._resume = dict(state)

@@ -1,0 +1,143 @@
+"""Jobs that die or are stopped lose nothing: real ``dae fit`` processes killed, stopped and resumed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dae.callbacks import read_scalars
+from dae.checkpointing import AtomicCheckpointIO
+from dae.cli import main
+from tests.conftest import dae_subprocess, fit_args, run_dae
+
+# 2 epochs of 5 steps (batch 32 of the 256 fixture training images), last.ckpt every 3 steps and at epoch ends.
+STEPS = ("--data.batch_size=32", "--trainer.limit_train_batches=5", "--last_checkpoint.every_n_train_steps=3",
+         "--trainer.enable_model_summary=false")
+TOTAL_STEPS = 10
+
+
+def run_dir(cwd: Path) -> Path:
+    return cwd / "lightning_logs" / "version_0"
+
+
+def load_last(cwd: Path) -> dict:
+    return torch.load(run_dir(cwd) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mnist_dir, tmp_path_factory) -> Path:
+    """The reference: the same fit, never stopped (seed_everything 0 from configs/mnist.yaml)."""
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    code, out = run_dae(cwd, fit_args(mnist_dir, *STEPS))
+    assert code == 0, out
+    return cwd
+
+
+def start_paused_run(cwd: Path, mnist_dir: Path, step: int):
+    """Start the same fit with a probe that stops it at ``step`` (before that step's checkpoint callbacks)."""
+    marker = cwd / "paused"
+    probe = {"class_path": "tests.probes.PauseAtStep", "init_args": {"step": step, "marker": str(marker)}}
+    proc = dae_subprocess(cwd, fit_args(mnist_dir, *STEPS, f"--trainer.callbacks+={json.dumps(probe)}"))
+    deadline = time.monotonic() + 180
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run never reached step {step}:\n{(cwd / 'dae.log').read_text()}")
+        time.sleep(0.1)
+    return proc
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    """Final weights, optimizer state and every logged value equal, bit for bit (tolerance 0)."""
+    a, b = load_last(resumed), load_last(reference)
+    assert a["global_step"] == b["global_step"] == TOTAL_STEPS
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in b["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in ("exp_avg", "exp_avg_sq"))
+    got, want = read_scalars(run_dir(resumed)), read_scalars(run_dir(reference))
+    for tag in ("train/loss", "train/loss_epoch", "val/loss", "val/psnr", "val/ssim"):
+        assert got[tag] == want[tag], tag  # same steps, same values: nothing lost, nothing drawn twice
+
+
+def test_sigkill_mid_epoch_then_resume_last_equals_uninterrupted_run(mnist_dir, tmp_path, uninterrupted):
+    proc = start_paused_run(tmp_path, mnist_dir, step=8)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    killed_at = load_last(tmp_path)
+    # Step 6 is one batch into the second epoch: the resume below starts mid-epoch.
+    assert killed_at["global_step"] == 6 and killed_at["epoch"] == 1
+    assert not list((run_dir(tmp_path) / "checkpoints").glob("*.tmp"))  # no half-written file is visible
+
+    code, out = run_dae(tmp_path, fit_args(mnist_dir, *STEPS, "--ckpt_path=last"))
+    assert code == 0, out
+    assert "Restored all states" in out
+    assert not (tmp_path / "lightning_logs" / "version_1").exists()  # it went on in the same run folder
+    assert_same_run(tmp_path, uninterrupted)
+
+
+def test_sigterm_saves_last_ckpt_and_stops_then_resume_equals_uninterrupted(mnist_dir, tmp_path, uninterrupted):
+    proc = start_paused_run(tmp_path, mnist_dir, step=7)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    stopped = load_last(tmp_path)
+    assert stopped["global_step"] == 7  # not a multiple of 3: saved because of SIGTERM
+    assert "SIGTERM: training stopped at step 7" in (tmp_path / "dae.log").read_text()
+
+    code, out = run_dae(tmp_path, fit_args(mnist_dir, *STEPS, "--ckpt_path=last"))
+    assert code == 0, out
+    assert_same_run(tmp_path, uninterrupted)
+
+
+def test_ckpt_path_last_without_any_run_starts_fresh(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(fit_args(mnist_dir, "--trainer.max_epochs=1", "--ckpt_path=last")) == 0
+    assert load_last(tmp_path)["global_step"] == 3
+
+
+def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"w": torch.ones(3)}, target)
+
+    def dies_mid_write(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # like a kill during the write
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temp file left behind
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    monkeypatch.chdir(tmp_path)
+    # The network outputs NaN from its 6th training forward pass on: global step 5 (steps count from 0), the
+    # first of epoch 1. last.ckpt was written at the end of epoch 0 (step 5) and would be next at step 6.
+    code = main(fit_args(mnist_dir, *STEPS, "--model.net=tests.probes.NaNNet", "--model.net.init_args.nan_from=6",
+                         "--last_checkpoint.every_n_train_steps=2"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the training loss became NaN or infinite at global step 5; training stopped at step 6" in err
+    assert "Traceback" not in err
+    last = load_last(tmp_path)
+    assert last["global_step"] == 5  # the last good state, untouched
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not list((run_dir(tmp_path) / "checkpoints").glob("*step6*"))
+
+
+def test_dae_fit_writes_checkpoints_through_the_atomic_checkpoint_io(mnist_dir, tmp_path, monkeypatch):
+    from dae.cli import DaeCLI
+
+    monkeypatch.chdir(tmp_path)
+    cli = DaeCLI(args=fit_args(mnist_dir)[1:], run=False)  # [1:]: no "fit" subcommand when run=False
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

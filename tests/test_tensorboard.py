@@ -1,0 +1,99 @@
+"""TensorBoard really serves a run: a ``tensorboard`` server on 127.0.0.1 answers with its data API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dae.callbacks import read_scalars
+from dae.cli import main
+from tests.conftest import fit_args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_for(fetch, ready, timeout: float = 90):
+    """Poll ``fetch()`` until ``ready(result)``; TensorBoard loads event files in the background."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            last = fetch()
+            if ready(last):
+                return last
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    pytest.fail(f"TensorBoard did not serve the run within {timeout}s; last answer: {last}")
+
+
+@pytest.fixture(scope="module")
+def served(mnist_dir, tmp_path_factory):
+    """A two-epoch ``dae fit`` and a ``tensorboard --logdir lightning_logs`` serving it."""
+    cwd = tmp_path_factory.mktemp("tb")
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        assert main(fit_args(mnist_dir)) == 0
+    finally:
+        os.chdir(old)
+    port = free_port()
+    tensorboard = Path(sys.executable).with_name("tensorboard")
+    proc = subprocess.Popen([str(tensorboard), "--logdir", str(cwd / "lightning_logs"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}", cwd / "lightning_logs" / "version_0"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_scalar_and_image_tags_are_served(served):
+    url, _ = served
+    tags = wait_for(lambda: get(f"{url}/data/plugin/scalars/tags"), lambda t: "val/psnr" in t.get("version_0", {}))
+    assert {"train/loss", "train/loss_epoch", "val/loss", "val/psnr", "val/ssim"} <= set(tags["version_0"])
+    images = get(f"{url}/data/plugin/images/tags")
+    assert "val/images" in images["version_0"]
+    psnr = get(f"{url}/data/plugin/scalars/scalars?run=version_0&tag=val/psnr")
+    assert [step for _, step, _ in psnr] == [2, 5]  # one point per epoch, no stray point at step 0
+
+
+def test_hparams_tab_shows_the_settings_with_the_final_val_psnr(served):
+    url, run = served
+    experiment = wait_for(lambda: get(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""}),
+                          lambda e: e.get("hparamInfos"))
+    names = {h["name"] for h in experiment["hparamInfos"]}
+    assert {"model/lr", "model/weight_decay", "model/noise/init_args/std", "model/net/class_path",
+            "data/batch_size", "data/dataset", "trainer/max_epochs", "seed"} <= names
+    assert not any("_instantiator" in n or "_class_path" in n for n in names)
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["val/psnr", "val/ssim", "val/loss"]
+
+    groups = get(f"{url}/data/plugin/hparams/session_groups", {
+        "experimentName": "", "startIndex": 0, "sliceSize": 10,
+        "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_FAILURE", "STATUS_RUNNING"],
+    })["sessionGroups"]
+    assert len(groups) == 1
+    hparams, metrics = groups[0]["hparams"], {m["name"]["tag"]: m for m in groups[0]["metricValues"]}
+    assert hparams["model/lr"] == 0.001 and hparams["model/noise/init_args/std"] == 0.5
+    assert hparams["data/batch_size"] == 64 and hparams["trainer/max_epochs"] == 2 and hparams["seed"] == 0
+    final_step, final_psnr = read_scalars(run)["val/psnr"][-1]
+    assert metrics["val/psnr"]["trainingStep"] == final_step
+    assert metrics["val/psnr"]["value"] == pytest.approx(final_psnr)
