@@ -65,14 +65,19 @@ def test_residual_nets_return_the_input_minus_the_predicted_noise(make):
     assert torch.allclose(net(x), x - 0.25)
 
 
+def pixel_response(net, size: int, row: int, col: int) -> torch.Tensor:
+    """|net(x + e) - net(x)| for a random size x size image x and a unit bump e at (row, col)."""
+    x = torch.rand(1, 1, size, size)
+    y = x.clone()
+    y[0, 0, row, col] += 1.0
+    return (net(y) - net(x)).abs()[0, 0]
+
+
 def test_unet_skips_carry_full_resolution_detail():
     """Changing one pixel changes the output at that pixel and far away (large receptive field)."""
     torch.manual_seed(0)
     net = UNet(width=8, depth=2, residual=False).eval()
-    x = torch.rand(1, 1, 28, 28)
-    y = x.clone()
-    y[0, 0, 3, 3] += 1.0
-    diff = (net(y) - net(x)).abs()[0, 0]
+    diff = pixel_response(net, size=28, row=3, col=3)
     assert diff[3, 3] > 0
     assert diff[10, 10] > 0  # 7 pixels away: beyond any single level's 3x3 pair, reached through pooling
     assert diff[27, 27] == 0  # but not the whole image: the field ends
@@ -81,10 +86,7 @@ def test_unet_skips_carry_full_resolution_detail():
 def test_dncnn_receptive_field_is_two_pixels_per_layer_plus_one():
     torch.manual_seed(0)
     net = DnCNN(depth=4, width=8, residual=False).eval()
-    x = torch.rand(1, 1, 21, 21)
-    y = x.clone()
-    y[0, 0, 10, 10] += 1.0
-    changed = ((net(y) - net(x)).abs()[0, 0] > 0).nonzero()
+    changed = (pixel_response(net, size=21, row=10, col=10) > 0).nonzero()
     assert changed[:, 0].min() == 10 - 4 and changed[:, 0].max() == 10 + 4
 
 
