@@ -126,6 +126,45 @@ def test_speed_settings_reach_the_network_and_the_optimizer():
     assert not plain.configure_optimizers().defaults["fused"]
 
 
+class LrRecorder(L.Callback):
+    """Keeps the learning rate each training step ran with."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_over_the_run(mnist_dir, tiny_trainer):
+    recorder = LrRecorder()
+    trainer = tiny_trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=0, callbacks=[recorder])
+    trainer.fit(DenoisingModule(lr=2e-3, lr_schedule="cosine"), dm_for(mnist_dir, batch_size=16))
+    lrs = recorder.lrs
+    assert len(lrs) == 10 and lrs[0] == pytest.approx(2e-3)
+    assert lrs[5] == pytest.approx(1e-3)  # half way: half the rate, across the epoch boundary
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 1e-4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0, abs=1e-12)  # after the last step
+
+
+def test_constant_schedule_keeps_lr(mnist_dir, tiny_trainer):
+    recorder = LrRecorder()
+    trainer = tiny_trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=0, callbacks=[recorder])
+    trainer.fit(DenoisingModule(lr=2e-3), dm_for(mnist_dir, batch_size=16))
+    assert recorder.lrs == [2e-3] * 5
+
+
+def test_cosine_schedule_needs_a_finite_run(mnist_dir, tiny_trainer):
+    trainer = tiny_trainer(max_epochs=-1, max_steps=-1, limit_val_batches=0)
+    with pytest.raises(ValueError, match="set trainer.max_epochs or trainer.max_steps"):
+        trainer.fit(DenoisingModule(lr_schedule="cosine"), dm_for(mnist_dir, batch_size=16))
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="lr_schedule must be 'constant' or 'cosine', got 'step'"):
+        DenoisingModule(lr_schedule="step")
+
+
 def test_compile_keeps_checkpoint_keys():
     compiled = DenoisingModule(compile=True)
     assert compiled.net._compiled_call_impl is not None
