@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from dae.baselines import BASELINES, Baseline, available_baselines
-from dae.data import DATASETS, MNISTDataModule
+from dae.data import DATASETS, InMemoryDataModule, MNISTDataModule
+from dae.image_folder import ImageFolderDataModule
 from dae.module import DenoisingModule, image_metrics, to_unit_float
 from dae.noise import GaussianNoise
 
@@ -137,7 +138,8 @@ def write_results(rows: Sequence[Row], settings: dict[str, Any], prefix: Path) -
 
 
 def _network_methods(paths: Sequence[str], batch_size: int) -> tuple[list[NetworkMethod], dict[str, Any]]:
-    """A method per checkpoint (named after its network and noise) and the first one's data settings."""
+    """A method per checkpoint (named after its network and noise) and the first one's data settings (with
+    ``_class_path``, the data module class it was trained with)."""
     from dae.inference import load_checkpoint, load_model, resolve_checkpoint
 
     methods, data_hparams = [], {}
@@ -152,10 +154,43 @@ def _network_methods(paths: Sequence[str], batch_size: int) -> tuple[list[Networ
     for number, method in enumerate(methods, 1):
         if names.count(method.name) > 1:  # two runs of one setup: the CSV's params column names each file
             method.name += f" [checkpoint {number}]"
-    return methods, {k: v for k, v in data_hparams.items() if not str(k).startswith("_")}
+    return methods, data_hparams
 
 
-def _images(data: MNISTDataModule, split: str, limit: int | None) -> Tensor:
+# The data modules a checkpoint may name, by class path; a lookup, not an import: checkpoints may be anyone's.
+DATA_MODULES: dict[str, type[InMemoryDataModule]] = {
+    "dae.data.MNISTDataModule": MNISTDataModule,
+    "dae.image_folder.ImageFolderDataModule": ImageFolderDataModule,
+}
+
+
+def data_module(hparams: dict[str, Any], dataset: str | None = None, data_dir: str | None = None) -> InMemoryDataModule:
+    """The data module a checkpoint was trained with (its ``datamodule_hyper_parameters``), its files read from
+    ``data_dir`` if given; ``dataset`` picks another MNIST-format set (MNIST-format checkpoints only)."""
+    class_path = hparams.get("_class_path", "dae.data.MNISTDataModule")
+    cls = DATA_MODULES.get(class_path)
+    if cls is None:
+        raise ValueError(f"the checkpoint's data module {class_path} is not one dae evaluate knows: "
+                         f"{', '.join(DATA_MODULES)}")
+    kwargs = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
+    if data_dir is not None:
+        kwargs["data_dir"] = data_dir
+    if cls is MNISTDataModule:
+        kwargs.update(download=False, **({"dataset": dataset} if dataset is not None else {}))
+    elif dataset is not None:
+        raise ValueError(f"--dataset {dataset}: the checkpoint was trained on an image folder "
+                         f"({kwargs.get('data_dir')}); give --data-dir to evaluate on another folder")
+    return cls(**kwargs)
+
+
+def describe(data: InMemoryDataModule) -> tuple[str, str]:
+    """The data set's name and folder, for the table's heading and the settings."""
+    if isinstance(data, MNISTDataModule):
+        return data.dataset, str(data.root)
+    return "image folder", str(data.data_dir)
+
+
+def _images(data: InMemoryDataModule, split: str, limit: int | None) -> Tensor:
     data.setup("fit" if split == "val" else "test")
     images = (data.val_set if split == "val" else data.test_set).images
     return to_unit_float(images[:limit] if limit else images)
@@ -182,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), metavar="NAME",
                         help=f"classical baselines among {', '.join(BASELINES)} (default: all; give none to skip)")
     parser.add_argument("--dataset", choices=list(DATASETS), help="default: the first checkpoint's data set")
-    parser.add_argument("--data-dir", help="folder of the IDX files (default: the first checkpoint's)")
+    parser.add_argument("--data-dir", help="folder of the IDX files or images (default: the first checkpoint's)")
     parser.add_argument("--no-clip", dest="clip", action="store_false",
                         help="keep noisy values outside [0, 1] (default: clipped, as stored images are)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test noise (default: %(default)s)")
@@ -203,9 +238,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
     try:
         networks, data_hparams = _network_methods(args.checkpoints, args.batch_size)
         baselines, notices = available_baselines(args.baselines)
-        overrides = {"dataset": args.dataset, "data_dir": args.data_dir}
-        data_hparams.update({k: v for k, v in overrides.items() if v is not None}, download=False)
-        data = MNISTDataModule(**data_hparams)
+        data = data_module(data_hparams, args.dataset, args.data_dir)
         clean = _images(data, "test", args.limit)
         clean_val = _images(data, "val", args.tune_limit) if baselines else clean[:0]
     except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
@@ -214,12 +247,13 @@ def evaluate_command(argv: Sequence[str]) -> int:
         print(f"notice: {notice}")
     methods = [*networks, *(BaselineMethod(b, clean_val, args.seed + 1, args.clip) for b in baselines)]
     rows = evaluate(methods, clean, args.std, args.seed, args.clip)
+    dataset, data_dir = describe(data)
     settings = {
-        "dataset": data.dataset, "data_dir": str(data.root), "split": "test", "images": len(clean),
+        "dataset": dataset, "data_dir": data_dir, "split": "test", "images": len(clean),
         "stds": args.std, "clip": args.clip, "seed": args.seed, "tune_images": len(clean_val),
         "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
     }
-    print(f"{data.dataset} test split, {len(clean)} images, noise clipped to [0, 1]: {args.clip}\n")
+    print(f"{dataset} test split, {len(clean)} images, noise clipped to [0, 1]: {args.clip}\n")
     print(markdown_table(rows))
     for path in write_results(rows, settings, Path(args.output)):
         print(f"wrote {path}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dae.cli import main
-from dae.evaluate import evaluate, markdown_table, noisy_copy, scores
+from dae.evaluate import data_module, evaluate, markdown_table, noisy_copy, scores
 from tests.conftest import fit_args
 
 HAVE_BASELINES = all(importlib.util.find_spec(p) is not None for p in ("bm3d", "skimage", "pywt"))
@@ -79,6 +79,39 @@ def test_evaluate_without_the_baselines_extra_gives_a_notice(two_checkpoints, tm
     out, rows, _ = _run(["--limit", "8", str(two_checkpoints[0]), "--std", "0.25", "-o", str(tmp_path / "e")], capsys)
     assert [r["method"] for r in rows] == ["noisy input", "UNet, GaussianNoise(std=0.5, clip=False)"]
     assert out.count("notice:") == 4 and "pip install 'dae[baselines]'" in out
+
+
+@pytest.fixture(scope="module")
+def image_folder_run(image_dir, tmp_path_factory) -> Path:
+    """The run folder of a tiny U-Net trained on the RGB PNG fixture folder."""
+    root = tmp_path_factory.mktemp("folder_run")
+    main(["fit", f"--config={Path(__file__).resolve().parents[1] / 'configs' / 'image_folder.yaml'}",
+          f"--data.data_dir={image_dir}", "--data.patch_size=16", "--data.batch_size=4", *NETS["UNet"],
+          "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1",
+          "--trainer.accelerator=cpu",
+          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+          f"--trainer.logger.init_args.save_dir={root}", f"--trainer.default_root_dir={root}"])
+    return root / "lightning_logs" / "version_0"
+
+
+def test_evaluate_scores_an_image_folder_checkpoint_on_its_own_test_images(image_folder_run, image_dir, tmp_path,
+                                                                          capsys):
+    out, rows, data = _run([str(image_folder_run), "--std", "0.2", "--baselines", "-o", str(tmp_path / "e")], capsys)
+    assert out.startswith("image folder test split, 3 images")  # 30 files, test_split 0.1
+    assert [r["method"] for r in rows] == ["noisy input", "UNet, GaussianNoise(std=0.1, clip=True)"]
+    assert data["settings"]["dataset"] == "image folder" and data["settings"]["data_dir"] == str(image_dir)
+    assert all(float(r["psnr"]) > 0 for r in rows)
+
+
+def test_evaluate_data_comes_from_known_classes_only(image_dir):
+    hparams = {"_class_path": "dae.image_folder.ImageFolderDataModule", "data_dir": str(image_dir), "channels": 3}
+    data = data_module(hparams)
+    data.setup("test")
+    assert data.test_set.images.shape[1] == 3
+    with pytest.raises(ValueError, match="--dataset mnist: the checkpoint was trained on an image folder"):
+        data_module(hparams, dataset="mnist")
+    with pytest.raises(ValueError, match="data module os.System is not one dae evaluate knows"):
+        data_module({"_class_path": "os.System"})
 
 
 def test_every_method_sees_the_same_seeded_noisy_images():
