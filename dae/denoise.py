@@ -66,8 +66,9 @@ class Denoiser:
     """Denoises one file at a time with a loaded model; colour channels only, alpha is kept as it is."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, batch_size: int, add_noise: float | None,
-                 seed: int, compare: bool) -> None:
+                 seed: int, compare: bool, tile: int | None = None) -> None:
         self.net = net
+        self.tile = tile
         self.device = device
         self.batch_size = batch_size
         self.add_noise = add_noise
@@ -86,7 +87,7 @@ class Denoiser:
             color = add_gaussian_noise(color, self.add_noise, seed)
         if color.shape[0] > 1 and getattr(self.net, "in_channels", 1) == 1:
             self.notices.add("the network takes one channel: colour images were denoised one channel at a time")
-        denoised = denoise_image(self.net, color, self.batch_size).clamp(0, 1)
+        denoised = denoise_image(self.net, color, self.batch_size, self.tile).clamp(0, 1)
         result = torch.cat([denoised, image[-1:]]) if has_alpha else denoised
         target = out_dir / job.relative
         written = [write_image(target, from_unit_tensor(result, pixels.dtype))]
@@ -116,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="folder for the denoised images")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default)")
     parser.add_argument("--batch-size", type=int, default=512, help="tiles per forward pass (default 512)")
+    parser.add_argument("--tile", type=int, metavar="N",
+                        help="fully convolutional networks: denoise in half-overlapping NxN tiles instead of the "
+                        "whole image, to bound memory on big images (about 4x the compute)")
     parser.add_argument("--add-noise", type=float, metavar="STD",
                         help="add Gaussian noise of this std (pixel range 0..1) first, to demo on clean pictures")
     parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
@@ -130,6 +134,8 @@ def denoise_command(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.tile is not None and args.tile < 8:
+        parser.error(f"--tile must be >= 8 pixels, got {args.tile}")
     if args.add_noise is not None and not args.add_noise >= 0:
         parser.error(f"--add-noise must be a std >= 0, got {args.add_noise}")
     try:
@@ -138,10 +144,14 @@ def denoise_command(argv: Sequence[str]) -> int:
     except (CheckpointError, RuntimeError) as e:
         parser.exit(2, f"dae denoise: error: {e}\n")
     size = input_size(net)
-    print(f"network: {type(net).__name__} on {device}, "
-          + (f"{size[0]}x{size[1]} tiles" if size else "whole images (fully convolutional)"), file=sys.stderr)
+    if size is not None and args.tile is not None:
+        parser.exit(2, f"dae denoise: error: --tile is for fully convolutional networks; {type(net).__name__} "
+                       f"takes {size[0]}x{size[1]} inputs and is always tiled at that size\n")
+    how = (f"{size[0]}x{size[1]} tiles" if size else f"{args.tile}x{args.tile} tiles (--tile)" if args.tile
+           else "whole images (fully convolutional)")
+    print(f"network: {type(net).__name__} on {device}, {how}", file=sys.stderr)
     jobs, errors = collect_jobs(args.inputs)
-    denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare)
+    denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile)
     out_dir, claimed, done = Path(args.output), {}, 0
     for job in tqdm(jobs, desc="denoising", unit="image", disable=None if len(jobs) > 1 else True):
         target = (out_dir / job.relative).resolve()

@@ -175,11 +175,13 @@ def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], batch_s
 
 
 @torch.no_grad()
-def denoise_image(net: nn.Module, image: Tensor, batch_size: int = 512) -> Tensor:
+def denoise_image(net: nn.Module, image: Tensor, batch_size: int = 512, tile: int | None = None) -> Tensor:
     """Denoise one (C, H, W) image in [0, 1] of any size; returns a (C, H, W) float tensor on its device.
 
     Colour images through a 1-channel network go one channel at a time; a gray image through a colour
-    network is repeated over its channels and the outputs averaged. Values are not clipped.
+    network is repeated over its channels and the outputs averaged. Values are not clipped. ``tile`` runs a
+    fully convolutional network over half-overlapping ``tile x tile`` tiles instead of the whole image:
+    memory bounded by the tile size, for images too big for the device, at about 4 times the compute.
     """
     net_channels = getattr(net, "in_channels", image.shape[0])
     channels = image.shape[0]
@@ -192,6 +194,13 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int = 512) -> Tenso
     else:
         raise ValueError(f"the network takes {net_channels} channels; an image with {channels} cannot be mapped")
     size = input_size(net)
+    if tile is not None:
+        if size is not None:
+            raise ValueError(f"the network takes {size[0]}x{size[1]} inputs and is tiled at that size; "
+                             "a tile size is for fully convolutional networks")
+        if tile < 1:
+            raise ValueError(f"tile must be >= 1 pixel, got {tile}")
+        size = (tile, tile)
     out = denoise_tiled(net, batch, size, batch_size) if size else net(batch)
     if out.shape != batch.shape:
         raise ValueError(

@@ -12,6 +12,7 @@ from dae.denoise import COMPARE_SUFFIX
 from dae.images import read_image, write_image
 from dae.inference import denoise_image, input_size
 from dae.nets import ConvAutoencoder, DnCNN, UNet
+from tests.conftest import fit_args
 from tests.idx import synthetic_images
 
 
@@ -65,6 +66,48 @@ def test_fixed_size_nets_are_tiled_and_fully_convolutional_nets_get_the_whole_im
     net.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
     assert denoise_image(net, torch.rand(1, 45, 61)).shape == (1, 45, 61)
     assert shapes == [(1, 1, 45, 61)]
+
+
+class Pointwise(torch.nn.Conv2d):
+    """A fully convolutional net without spatial context (1x1 convolution): tiles cannot change its answer."""
+
+    in_channels = 1
+
+    def __init__(self):
+        super().__init__(1, 1, 1)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return super().forward(x)
+
+
+def test_tile_option_runs_a_fully_convolutional_net_over_tiles_of_that_size():
+    net, image = Pointwise(), torch.rand(1, 45, 61)
+    whole = denoise_image(net, image)
+    assert net.shapes == [(1, 1, 45, 61)]
+    tiled = denoise_image(net, image, batch_size=8, tile=16)
+    assert all(shape[-2:] == (16, 16) and shape[0] <= 8 for shape in net.shapes[1:]) and len(net.shapes) > 2
+    assert torch.allclose(tiled, whole, atol=1e-6)
+    with pytest.raises(ValueError, match="takes 28x28 inputs and is tiled at that size"):
+        denoise_image(Affine(), image, tile=16)
+
+
+def test_denoise_command_tile_option(mnist_dir, trained_run, tmp_path, capsys, monkeypatch):
+    write_image(tmp_path / "in" / "big.png", clean_gray(70, 90)[..., None])
+    with pytest.raises(SystemExit) as exit_info:  # the seed net has its own tile size
+        main(["denoise", "--ckpt", str(trained_run), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--tile", "32"])
+    assert exit_info.value.code == 2 and "--tile is for fully convolutional networks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["denoise", "--ckpt", str(trained_run), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--tile", "4"])
+    assert exit_info.value.code == 2 and "--tile must be >= 8 pixels, got 4" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    main(fit_args(mnist_dir, "--model.net=dae.nets.UNet", "--model.net.init_args.width=4",
+                  "--model.net.init_args.depth=1", "--trainer.max_epochs=1"))
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert main(["denoise", "--ckpt", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--tile", "32"]) == 0
+    assert "UNet on cpu, 32x32 tiles (--tile)" in capsys.readouterr().err
+    assert read_image(tmp_path / "out" / "big.png").shape == (70, 90, 1)
 
 
 def test_colour_through_a_gray_net_goes_channel_by_channel():
