@@ -218,8 +218,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"classical baselines among {', '.join(BASELINES)} (default: all; give none to skip)")
     parser.add_argument("--dataset", choices=list(DATASETS), help="default: the first checkpoint's data set")
     parser.add_argument("--data-dir", help="folder of the IDX files or images (default: the first checkpoint's)")
-    parser.add_argument("--no-clip", dest="clip", action="store_false",
-                        help="keep noisy values outside [0, 1] (default: clipped, as stored images are)")
+    parser.add_argument("--clip", action="store_true",
+                        help="clip the noisy images to [0, 1], as stored images are (default: unclipped Gaussian "
+                        "noise, as in the seed's training and the denoising literature)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test noise (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive(int), default=256, help="network batch size")
     parser.add_argument("-o", "--output", default="evaluation",
@@ -253,7 +254,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
         "stds": args.std, "clip": args.clip, "seed": args.seed, "tune_images": len(clean_val),
         "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
     }
-    print(f"{dataset} test split, {len(clean)} images, noise clipped to [0, 1]: {args.clip}\n")
+    print(f"{dataset} test split, {len(clean)} images, Gaussian noise {'clipped to [0, 1]' if args.clip else 'unclipped'}\n")
     print(markdown_table(rows))
     for path in write_results(rows, settings, Path(args.output)):
         print(f"wrote {path}")

@@ -55,10 +55,11 @@ def test_evaluate_tables_noisy_input_both_checkpoints_and_baselines(two_checkpoi
         if row["method"] != "noisy input":
             assert float(row["images_per_s"]) > 0
     by = {(r["method"], r["std"]): float(r["psnr"]) for r in rows}
-    assert by["noisy input", "0.1"] > by["noisy input", "0.5"] + 10  # ~20 dB vs ~7 dB (clipped noise)
+    assert by["noisy input", "0.1"] > by["noisy input", "0.5"] + 10  # ~21 dB vs ~9 dB (scored after clipping)
     if HAVE_BASELINES:
         assert by["TV", "0.5"] > by["noisy input", "0.5"]
     assert data["settings"]["images"] == 4 and data["settings"]["dataset"] == "mnist"
+    assert data["settings"]["clip"] is False and "Gaussian noise unclipped" in out  # the seed's noise by default
     assert data["settings"]["tune_images"] == (4 if HAVE_BASELINES else 0)
     assert [r["method"] for r in data["results"]] == [r["method"] for r in rows]
     assert rows[1]["params"].endswith(".ckpt")  # the network rows say which checkpoint file was used
@@ -66,7 +67,9 @@ def test_evaluate_tables_noisy_input_both_checkpoints_and_baselines(two_checkpoi
 
 def test_two_checkpoints_of_one_setup_get_distinct_names(two_checkpoints, tmp_path, capsys):
     run = str(two_checkpoints[0])
-    out, rows, _ = _run([run, run, "--std", "0.5", "--limit", "2", "--baselines", "-o", str(tmp_path / "e")], capsys)
+    out, rows, data = _run([run, run, "--std", "0.5", "--limit", "2", "--baselines", "--clip", "-o", str(tmp_path / "e")],
+                           capsys)
+    assert data["settings"]["clip"] is True and "Gaussian noise clipped to [0, 1]" in out
     names = [r["method"] for r in rows]
     assert names[1:] == [f"UNet, GaussianNoise(std=0.5, clip=False) [checkpoint {i}]" for i in (1, 2)]
     assert all(f"| {n} |" in out for n in names)
