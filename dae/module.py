@@ -148,7 +148,8 @@ class DenoisingModule(L.LightningModule):
         loss = F.mse_loss(denoised, clean)
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])  # the rate this step used
+            if self.lr_schedule != "constant":  # a constant rate is in hparams; keep the seed's step as lean as it was
+                self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])  # the rate this step used
             self.train_loss.update(loss.detach())  # logged once per epoch, in on_train_epoch_end
         else:
             self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(clean))
