@@ -148,7 +148,7 @@ def _network_methods(paths: Sequence[str], batch_size: int) -> tuple[list[Networ
         module = load_model(file)
         if not data_hparams:
             data_hparams = dict(load_checkpoint(file).get("datamodule_hyper_parameters") or {})
-        name = f"{type(module.net).__name__}, {module.noise!r}"
+        name = f"{type(module.net).__name__}, {module.noise!r}" + (f", {module.loss} loss" if module.loss != "mse" else "")
         methods.append(NetworkMethod(name, module, str(file), batch_size))
     names = [m.name for m in methods]
     for number, method in enumerate(methods, 1):

@@ -13,7 +13,8 @@ from tests.conftest import fit_args
 HAVE_BASELINES = all(importlib.util.find_spec(p) is not None for p in ("bm3d", "skimage", "pywt"))
 NETS = {
     "UNet": ["--model.net=dae.nets.UNet", "--model.net.init_args.width=4", "--model.net.init_args.depth=1"],
-    "DnCNN": ["--model.net=dae.nets.DnCNN", "--model.net.init_args.depth=3", "--model.net.init_args.width=4"],
+    "DnCNN": ["--model.net=dae.nets.DnCNN", "--model.net.init_args.depth=3", "--model.net.init_args.width=4",
+              "--model.loss=psnr"],
 }
 
 
@@ -41,7 +42,8 @@ def _run(args: list[str], capsys) -> tuple[str, list[dict], dict]:
 def test_evaluate_tables_noisy_input_both_checkpoints_and_baselines(two_checkpoints, tmp_path, capsys):
     out, rows, data = _run([*map(str, two_checkpoints), "--std", "0.1", "0.5", "--limit", "4", "--tune-limit", "4",
                             "-o", str(tmp_path / "eval")], capsys)
-    methods = ["noisy input", "UNet, GaussianNoise(std=0.5, clip=False)", "DnCNN, GaussianNoise(std=0.5, clip=False)"]
+    methods = ["noisy input", "UNet, GaussianNoise(std=0.5, clip=False)",
+               "DnCNN, GaussianNoise(std=0.5, clip=False), psnr loss"]  # the training loss named where not the MSE
     if HAVE_BASELINES:
         methods += ["BM3D", "NL-means", "TV", "wavelet"]
     assert [r["method"] for r in rows] == methods * 2

@@ -1,6 +1,7 @@
 import lightning as L
 import pytest
 import torch
+from torchmetrics.image import PeakSignalNoiseRatio
 
 from dae.data import MNISTDataModule
 from dae.module import DenoisingModule
@@ -164,6 +165,34 @@ def test_cosine_schedule_needs_a_finite_run(mnist_dir, tiny_trainer):
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="lr_schedule must be 'constant' or 'cosine', got 'step'"):
         DenoisingModule(lr_schedule="step")
+
+
+def test_psnr_loss_is_minus_the_mean_per_image_psnr():
+    torch.manual_seed(0)
+    clean = torch.rand(6, 1, 28, 28)
+    denoised = clean + torch.linspace(0.01, 0.3, 6).view(6, 1, 1, 1) * torch.randn_like(clean)  # very unequal errors
+    psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+    assert DenoisingModule._psnr_loss(denoised, clean).item() == pytest.approx(-psnr(denoised, clean).item(), rel=1e-5)
+    # A perfect image counts as 60 dB, not as minus infinity.
+    assert DenoisingModule._psnr_loss(clean, clean).item() == pytest.approx(-60.0)
+
+
+def test_psnr_loss_trains_while_the_logged_loss_stays_the_mse(mnist_dir, tiny_trainer):
+    torch.manual_seed(0)
+    dm = dm_for(mnist_dir, batch_size=16)
+    module = DenoisingModule(net=UNet(width=8, depth=2), noise=GaussianNoise(std=(0.0, 0.5)), lr=3e-3, loss="psnr")
+    before = tiny_trainer().validate(module, dm)[0]["val/loss"]
+    recorder = LossRecorder()
+    trainer = tiny_trainer(max_epochs=4, limit_train_batches=16, callbacks=[recorder])
+    trainer.fit(module, dm)
+    assert all(loss < 0 for loss in recorder.losses)  # what backward saw: minus PSNR in dB
+    assert 0 < trainer.logged_metrics["train/loss"] < 0.2  # what TensorBoard and loss.png show: the MSE
+    assert tiny_trainer().validate(module, dm)[0]["val/loss"] < 0.7 * before
+
+
+def test_unknown_loss_is_refused():
+    with pytest.raises(ValueError, match="loss must be 'mse' or 'psnr', got 'l1'"):
+        DenoisingModule(loss="l1")
 
 
 def test_compile_keeps_checkpoint_keys():
