@@ -118,10 +118,11 @@ def test_blind_gaussian_range_is_given_in_yaml_or_on_the_command_line(tmp_path, 
 
 
 @pytest.mark.parametrize(
-    "config,net_class,std",
-    [("unet.yaml", "UNet", 0.5), ("unet_blind.yaml", "UNet", (0.0, 0.5)), ("dncnn.yaml", "DnCNN", 0.5)],
+    "config,net_class,std,loss",
+    [("unet.yaml", "UNet", 0.5, "mse"), ("unet_blind.yaml", "UNet", (0.0, 0.5), "psnr"),
+     ("dncnn.yaml", "DnCNN", 0.5, "mse")],
 )
-def test_network_configs_build_their_network_and_noise(config, net_class, std, tmp_path, monkeypatch):
+def test_network_configs_build_their_network_and_noise(config, net_class, std, loss, tmp_path, monkeypatch):
     from dae.cli import DaeCLI
 
     monkeypatch.chdir(tmp_path)
@@ -129,7 +130,7 @@ def test_network_configs_build_their_network_and_noise(config, net_class, std, t
     assert type(cli.model.net).__name__ == net_class
     # Unclipped noise, the seed's and dae evaluate's default, and the cosine schedule the results were made with.
     assert cli.model.noise.std == std and not cli.model.noise.clip
-    assert cli.model.lr_schedule == "cosine"
+    assert cli.model.lr_schedule == "cosine" and cli.model.loss == loss
     assert cli.datamodule.dataset == "fashion_mnist"
 
 
