@@ -148,7 +148,9 @@ def _network_methods(paths: Sequence[str], batch_size: int) -> tuple[list[Networ
         module = load_model(file)
         if not data_hparams:
             data_hparams = dict(load_checkpoint(file).get("datamodule_hyper_parameters") or {})
-        name = f"{type(module.net).__name__}, {module.noise!r}" + (f", {module.loss} loss" if module.loss != "mse" else "")
+        name = f"{type(module.net).__name__}, {module.noise!r}"
+        if module.loss != "mse":  # two runs that differ only in their loss stay apart in the table
+            name += f", {module.loss} loss"
         methods.append(NetworkMethod(name, module, str(file), batch_size))
     names = [m.name for m in methods]
     for number, method in enumerate(methods, 1):
