@@ -15,8 +15,12 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from dae.nets import ConvAutoencoder
 from dae.noise import GaussianNoise
+from dae.seeding import torch_generator
 
 STAGES = ("val", "test")
+# Each stage draws its noise from a stream of its own, so that no training step replays a validation batch's
+# noise and prediction does not replay validation's.
+NOISE_STREAMS = {"train": 0, "val": 1, "test": 2, "predict": 3}
 # The "psnr" loss floors each image's MSE here (a 60 dB cap), so that a (near) noise-free training image, which
 # blind training draws, cannot dominate a batch with a huge 1/MSE gradient.
 PSNR_LOSS_MSE_FLOOR = 1e-6
@@ -45,19 +49,20 @@ class DenoisingModule(L.LightningModule):
     """Trains ``net`` to undo ``noise``: ``net(noise(clean)) ~ clean`` under MSE, with Adam.
 
     Args:
-        net: the denoising network (default: the seed ``ConvAutoencoder``).
-        noise: the noise model (default: the seed's ``GaussianNoise(std=0.5)``).
+        net: the denoising network (default: the baseline ``ConvAutoencoder``).
+        noise: the noise model (default: the baseline's ``GaussianNoise(std=0.5)``).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        loss: ``mse`` (the seed) minimises the batch's mean squared error. ``psnr`` minimises minus the mean
+        loss: ``mse`` (the baseline) minimises the batch's mean squared error. ``psnr`` minimises minus the mean
             per-image PSNR (dB), the number ``dae evaluate`` and the literature report: each image's MSE gradient
             is divided by its own MSE, so clean-ish images and low-noise images (in blind training, where the
             std varies per image) count as much as hard ones instead of being drowned by them. ``train/loss``,
             ``val/loss`` and ``test/loss`` are the MSE either way, so runs compare.
-        lr_schedule: ``constant`` keeps ``lr`` (the seed); ``cosine`` lowers it step by step along half a cosine,
+        lr_schedule: ``constant`` keeps ``lr`` (the baseline); ``cosine`` lowers it step by step along half a cosine,
             from ``lr`` at the first step to 0 at the run's last (``trainer.max_epochs`` or ``max_steps``). The
             lower rate at the end fits the weights closer; measured in README.md's results.
-        eval_noise_seed: seed of the validation/test noise, so that their numbers compare across runs.
+        eval_noise_seed: seed of the validation, test and prediction noise (each stage draws from a stream of
+            its own), so that their numbers compare across runs.
         channels_last: keep the network's weights and the image batches in channels-last memory layout,
             which the CPU (oneDNN) and GPU (cuDNN) convolution kernels run faster (measured in BENCHMARKS.md).
         fused_adam: update all parameters with Adam's fused kernel (one call per step instead of a loop over
@@ -131,21 +136,20 @@ class DenoisingModule(L.LightningModule):
     def forward(self, noisy: Tensor) -> Tensor:
         return self.net(noisy)
 
-    def _generator(self, seed: int, index: int, stream: int = 0) -> torch.Generator:
-        # One generator per (seed, stream, rank, index): noise that depends on nothing but these numbers.
-        seed = seed + 1_000_003 * (self.global_rank + 7919 * stream) + index
-        return torch.Generator(device=self.device).manual_seed(seed % 2**63)
-
-    def _eval_generator(self, batch_idx: int, dataloader_idx: int = 0) -> torch.Generator:
-        # Seeded per batch (and rank), so a given run setup sees the same noisy images every epoch and every run.
-        return self._generator(self.eval_noise_seed, batch_idx, dataloader_idx)
+    def _noise_generator(self, stage: str, seed: int, index: int, dataloader_idx: int = 0) -> torch.Generator:
+        # Hashed from (seed, stage, rank, loader, index): noise that depends on nothing else, and that no other
+        # stage, rank, seed or index shares (see dae.seeding).
+        key = (seed, NOISE_STREAMS[stage], self.global_rank, dataloader_idx, index)
+        return torch_generator(*key, device=self.device)
 
     def _train_generator(self) -> torch.Generator:
-        # Seeded per optimizer step: fresh noise every step, yet a run resumed from a checkpoint draws exactly the
-        # noise the uninterrupted run would have drawn. The seed follows seed_everything and is checkpointed.
+        # Keyed by the training batch counter (micro-batches, across epochs): fresh noise for every batch, also
+        # for each batch of a gradient-accumulation window, and a run resumed from a checkpoint (which holds the
+        # counter) draws exactly the noise the uninterrupted run would have drawn. The seed follows
+        # seed_everything and is checkpointed.
         if self.train_noise_seed is None:
             self.train_noise_seed = torch.initial_seed()
-        return self._generator(self.train_noise_seed, self.global_step)
+        return self._noise_generator("train", self.train_noise_seed, self.trainer.fit_loop.epoch_loop.total_batch_idx)
 
     def _clean(self, batch: Tensor) -> Tensor:
         """A batch of images as floats in [0, 1], in the network's memory layout."""
@@ -160,13 +164,16 @@ class DenoisingModule(L.LightningModule):
 
     def _shared_step(self, batch: Tensor, batch_idx: int, stage: str) -> dict[str, Tensor]:
         clean = self._clean(batch)
-        generator = self._train_generator() if stage == "train" else self._eval_generator(batch_idx)
+        if stage == "train":
+            generator = self._train_generator()
+        else:  # seeded per batch, so every epoch and every run with the same batches sees the same noisy images
+            generator = self._noise_generator(stage, self.eval_noise_seed, batch_idx)
         noisy = self.noise(clean, generator=generator)
         denoised = self.net(noisy)
         loss = F.mse_loss(denoised, clean)
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-            if self.lr_schedule != "constant":  # a constant rate is in hparams; keep the seed's step as lean as it was
+            if self.lr_schedule != "constant":  # a constant rate is in hparams; keep the baseline's step lean
                 self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])  # the rate this step used
             self.train_loss.update(loss.detach())  # logged once per epoch, in on_train_epoch_end
             if self.loss == "psnr":
@@ -193,9 +200,10 @@ class DenoisingModule(L.LightningModule):
         return self._shared_step(batch, batch_idx, "test")
 
     def predict_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Denoised images in [0, 1] for a batch of clean images, noised with the seeded test-time noise."""
-        noisy = self.noise(self._clean(batch), generator=self._eval_generator(batch_idx, dataloader_idx))
-        return self.net(noisy)
+        """Denoised images in [0, 1] for a batch of clean images, noised with seeded noise of its own stream."""
+        generator = self._noise_generator("predict", self.eval_noise_seed, batch_idx, dataloader_idx)
+        noisy = self.noise(self._clean(batch), generator=generator)
+        return self.net(noisy).clamp(0, 1)  # residual networks (UNet, DnCNN) are not bounded by themselves
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["train_noise_seed"] = self.train_noise_seed

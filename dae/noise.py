@@ -1,9 +1,9 @@
 """Noise models: callables ``noise(clean, generator=None) -> noisy`` on the clean batch's device.
 
 Clean batches are floats in [0, 1] of shape (B, C, H, W). The LightningModule always passes a seeded
-``torch.Generator``: in training one per step (fresh noise every step, redrawn exactly by a resumed run), in
-validation and test one per batch, so that the same images get the same noise in every run. Without a
-generator the global RNG is used.
+``torch.Generator``: in training one per batch (fresh noise every batch, redrawn exactly by a resumed run), in
+validation, test and prediction one per batch from a seed of their own, so that the same images get the same
+noise in every run. Without a generator the global RNG is used.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _std_range(cls: str, std: float | tuple[float, float] | list[float]) -> tupl
 class GaussianNoise(nn.Module):
     """Additive Gaussian noise: ``clean + std * randn``, optionally clipped to [0, 1].
 
-    ``std`` is one number (every image gets that std; the seed uses 0.5 without clipping) or a range
+    ``std`` is one number (every image gets that std; the baseline uses 0.5 without clipping) or a range
     ``[lo, hi]``: each image then gets its own std drawn uniformly from it, for blind denoisers that must
     work at any noise level.
     """

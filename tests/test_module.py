@@ -56,6 +56,58 @@ def test_training_gets_fresh_noise_each_step_and_eval_noise_repeats(mnist_dir, t
     assert not torch.equal(val[0], val[1])
 
 
+class DrawRecorder(GaussianNoise):
+    """Gaussian noise that keeps every standard normal draw it makes, in call order."""
+
+    def __init__(self):
+        super().__init__(0.5)
+        self.draws = []
+
+    def forward(self, clean, generator=None):
+        z = torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+        self.draws.append(z)
+        return clean + self.std * z
+
+
+def _noise_of_every_stage(mnist_dir, tiny_trainer, seed, **trainer_kwargs):
+    """The draws of 4 training batches, then 2 batches each of validation, test and prediction (batch 16)."""
+    L.seed_everything(seed)
+    noise = DrawRecorder()
+    module, dm = DenoisingModule(noise=noise, eval_noise_seed=2), dm_for(mnist_dir, batch_size=16)
+    kwargs = dict(limit_train_batches=4, limit_val_batches=2, limit_predict_batches=2, num_sanity_val_steps=0)
+    trainer = tiny_trainer(**{**kwargs, **trainer_kwargs})
+    trainer.fit(module, dm)
+    trainer.test(module, dm, verbose=False)
+    trainer.predict(module, dm)
+    assert len(noise.draws) == 10
+    return noise.draws
+
+
+def _shared_pairs(draws_a, draws_b):
+    return [(i, j) for i, a in enumerate(draws_a) for j, b in enumerate(draws_b) if (a is not b) and torch.equal(a, b)]
+
+
+def test_no_two_batches_of_any_stage_share_noise(mnist_dir, tiny_trainer):
+    # Training seed 0 and eval_noise_seed 2: a seed + index rule would give training batch 2 the noise of
+    # validation batch 0, and test and prediction the noise of validation.
+    draws = _noise_of_every_stage(mnist_dir, tiny_trainer, seed=0)
+    assert _shared_pairs(draws, draws) == []
+
+
+def test_neighbouring_seeds_draw_unrelated_training_noise(mnist_dir, tiny_trainer):
+    a = _noise_of_every_stage(mnist_dir, tiny_trainer, seed=0)[:4]
+    b = _noise_of_every_stage(mnist_dir, tiny_trainer, seed=1)[:4]
+    assert _shared_pairs(a, b) == []  # seed 1 does not replay seed 0 one batch later
+    # 16 x 784 values per batch: unrelated draws correlate by about 1/sqrt(12544) = 0.009.
+    correlations = [torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1].abs().item() for x in a for y in b]
+    assert max(correlations) < 0.05
+
+
+def test_every_batch_of_an_accumulation_window_gets_fresh_noise(mnist_dir, tiny_trainer):
+    draws = _noise_of_every_stage(mnist_dir, tiny_trainer, seed=0, accumulate_grad_batches=2)
+    assert _shared_pairs(draws[:4], draws[:4]) == []
+
+
 def test_validation_logs_loss_psnr_ssim_and_noisy_baseline(mnist_dir, tiny_trainer):
     trainer = tiny_trainer(limit_val_batches=3)
     module = DenoisingModule()
