@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make train` and `make test`. Both create .venv on first use.
+# Entry points for a fresh machine: `make train`, `make test` (everything) and `make test-fast` (all but the tests
+# marked slow, under a minute). Each creates .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONFIG ?= configs/mnist.yaml
 ARGS ?=
 
-.PHONY: install train test clean
+.PHONY: install train test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ train: install
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

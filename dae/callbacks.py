@@ -207,37 +207,71 @@ class TensorBoardRunCallback(L.Callback):
 
 
 class NonFiniteLossStop(L.Callback):
-    """Stops training once the training loss has been NaN or infinite, and keeps such weights out of checkpoints.
+    """Stops training when the training loss becomes NaN or infinite, with a message that names the global step,
+    epoch and batch of the first such loss, and keeps the weights it touched out of every checkpoint.
 
-    Each step only updates a flag on the device (reading the loss every step would cost a host sync on a GPU);
-    the flag is read before every checkpoint is written and at every epoch end, so no checkpoint holds the
-    weights of a diverged run, and the message names the first step whose loss was not finite.
-    Under DDP all ranks stop together.
+    A loss on the CPU costs nothing to read, so there every loss is checked before its optimizer step: training
+    stops before the first bad loss changes the weights. On an accelerator, reading the loss every step would make
+    the host wait for the device every step; there each loss only updates a flag on the device, which is read
+    every ``trainer.log_every_n_steps`` optimizer steps (when Lightning reads the logged metrics anyway), before
+    every checkpoint is written and at every epoch end. Training then stops at most one logging interval after
+    the first bad loss, and no checkpoint is written after it. Under DDP all ranks stop together.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._first_bad_step: Tensor | None = None  # -1 while every loss has been finite
+        self._batch_idx = 0
+        # (global step, epoch, batch) of the first non-finite loss, step -1 while there is none: Python ints for
+        # losses on the CPU, 0-d tensors on the loss's device otherwise.
+        self._first_bad: tuple[int | Tensor, ...] = (-1, -1, -1)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, Tensor):
+    @staticmethod
+    def _free_to_read(loss: Tensor) -> bool:
+        """Whether reading ``loss`` costs nothing (no wait for an accelerator)."""
+        return loss.device.type == "cpu"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_bad = (-1, -1, -1)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        where = (trainer.global_step, trainer.current_epoch, self._batch_idx)
+        loss = loss.detach()
+        if self._free_to_read(loss):
+            if int(self._first_bad[0]) < 0 and not torch.isfinite(loss).all():
+                self._first_bad = where
             return
-        if self._first_bad_step is None:
-            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss.detach()).all() & (self._first_bad_step < 0)
-        # global_step already counts this step: the loss belonged to step global_step - 1 (counting from 0).
-        self._first_bad_step = torch.where(bad, trainer.global_step - 1, self._first_bad_step)
+        if not isinstance(self._first_bad[0], Tensor):
+            self._first_bad = tuple(torch.full((), v, dtype=torch.long, device=loss.device) for v in self._first_bad)
+        first = ~torch.isfinite(loss).all() & (self._first_bad[0] < 0)
+        self._first_bad = tuple(torch.where(first, value, old) for value, old in zip(where, self._first_bad))
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        on_device = isinstance(self._first_bad[0], Tensor)
+        if not on_device or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
+            self._check(trainer)
 
     def _check(self, trainer: L.Trainer) -> None:
-        step = -1 if self._first_bad_step is None else int(self._first_bad_step)
-        if trainer.strategy.reduce_boolean_decision(step < 0, all=True):
+        """Raise ``FloatingPointError`` on every rank if any rank has seen a non-finite loss."""
+        if isinstance(self._first_bad[0], Tensor):
+            first = torch.stack(self._first_bad)
+        else:
+            first = torch.tensor(self._first_bad, device=trainer.strategy.root_device)
+        # bool() reads the device flag: the one wait for the device this check costs.
+        if trainer.strategy.reduce_boolean_decision(bool(first[0] < 0), all=True):
             return
+        seen = trainer.strategy.all_gather(first).reshape(-1, 3)  # every rank's, so that all name the same one
+        step, epoch, batch = min(row for row in seen.tolist() if row[0] >= 0)
+        if step == trainer.global_step:
+            stopped = "before that step changed the weights"
+        else:
+            stopped = f"at step {trainer.global_step}, without writing a checkpoint since"
         raise FloatingPointError(
-            f"the training loss became NaN or infinite at global step {step}; training stopped at step "
-            f"{trainer.global_step} without writing a checkpoint since, so last.ckpt holds the last good state. "
-            "Lower --model.lr or check the data and noise settings, then resume from it (--ckpt_path last) "
-            "or start again."
+            f"the training loss became NaN or infinite at global step {step} (epoch {epoch}, batch {batch}); "
+            f"training stopped {stopped}, so last.ckpt holds the last good state. Lower --model.lr or check the "
+            "data and noise settings, then resume from it (--ckpt_path last) or start again."
         )
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

@@ -38,11 +38,11 @@ def uninterrupted(mnist_dir, tmp_path_factory) -> Path:
     return cwd
 
 
-def start_paused_run(cwd: Path, mnist_dir: Path, step: int):
+def start_paused_run(cwd: Path, mnist_dir: Path, step: int, steps: tuple[str, ...] = STEPS):
     """Start the same fit with a probe that stops it at ``step`` (before that step's checkpoint callbacks)."""
     marker = cwd / "paused"
     probe = {"class_path": "tests.probes.PauseAtStep", "init_args": {"step": step, "marker": str(marker)}}
-    proc = dae_subprocess(cwd, fit_args(mnist_dir, *STEPS, f"--trainer.callbacks+={json.dumps(probe)}"))
+    proc = dae_subprocess(cwd, fit_args(mnist_dir, *steps, f"--trainer.callbacks+={json.dumps(probe)}"))
     deadline = time.monotonic() + 180
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -52,10 +52,10 @@ def start_paused_run(cwd: Path, mnist_dir: Path, step: int):
     return proc
 
 
-def assert_same_run(resumed: Path, reference: Path) -> None:
+def assert_same_run(resumed: Path, reference: Path, total_steps: int = TOTAL_STEPS) -> None:
     """Final weights, optimizer state and every logged value equal, bit for bit (tolerance 0)."""
     a, b = load_last(resumed), load_last(reference)
-    assert a["global_step"] == b["global_step"] == TOTAL_STEPS
+    assert a["global_step"] == b["global_step"] == total_steps
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in b["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
@@ -66,6 +66,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
         assert got[tag] == want[tag], tag  # same steps, same values: nothing lost, nothing drawn twice
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_last_equals_uninterrupted_run(mnist_dir, tmp_path, uninterrupted):
     proc = start_paused_run(tmp_path, mnist_dir, step=8)
     proc.send_signal(signal.SIGKILL)
@@ -82,6 +83,7 @@ def test_sigkill_mid_epoch_then_resume_last_equals_uninterrupted_run(mnist_dir, 
     assert_same_run(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_ckpt_and_stops_then_resume_equals_uninterrupted(mnist_dir, tmp_path, uninterrupted):
     proc = start_paused_run(tmp_path, mnist_dir, step=7)
     proc.send_signal(signal.SIGTERM)
@@ -93,6 +95,33 @@ def test_sigterm_saves_last_ckpt_and_stops_then_resume_equals_uninterrupted(mnis
     code, out = run_dae(tmp_path, fit_args(mnist_dir, *STEPS, "--ckpt_path=last"))
     assert code == 0, out
     assert_same_run(tmp_path, uninterrupted)
+
+
+# Gradient accumulation over 2 batches: 5 batches are 3 optimizer steps per epoch (the last one alone), 6 in all.
+# A checkpoint right after optimizer step 4 (the second of epoch 1) is the mid-epoch point to resume from.
+MID_EPOCH = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"dirpath": "mid", "filename": "step{step}", "auto_insert_metric_name": False,
+                           "every_n_train_steps": 4, "save_top_k": -1}}
+ACCUMULATING = ("--data.batch_size=32", "--trainer.limit_train_batches=5", "--trainer.accumulate_grad_batches=2",
+                "--last_checkpoint.every_n_train_steps=0", "--trainer.enable_model_summary=false",
+                "--trainer.logger.init_args.version=0", f"--trainer.callbacks+={json.dumps(MID_EPOCH)}")
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_with_gradient_accumulation_equals_uninterrupted_run(mnist_dir, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    code, out = run_dae(reference, fit_args(mnist_dir, *ACCUMULATING))
+    assert code == 0, out
+    killed = tmp_path / "killed"
+    proc = start_paused_run(killed, mnist_dir, step=5, steps=ACCUMULATING)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    mid = torch.load(killed / "mid" / "step4.ckpt", map_location="cpu", weights_only=True)
+    assert (mid["global_step"], mid["epoch"]) == (4, 1)  # two batches into epoch 1
+
+    code, out = run_dae(killed, fit_args(mnist_dir, *ACCUMULATING, "--ckpt_path=mid/step4.ckpt"))
+    assert code == 0, out
+    assert_same_run(killed, reference, total_steps=6)
 
 
 def test_ckpt_path_last_without_any_run_starts_fresh(mnist_dir, tmp_path, monkeypatch):
@@ -118,8 +147,9 @@ def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temp file left behind
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch,
-                                                                          capsys):
+@pytest.mark.slow
+def test_non_finite_loss_stops_before_that_step_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch,
+                                                                             capsys):
     monkeypatch.chdir(tmp_path)
     # The network outputs NaN from its 6th training forward pass on: global step 5 (steps count from 0), the
     # first of epoch 1. last.ckpt was written at the end of epoch 0 (step 5) and would be next at step 6.
@@ -127,12 +157,59 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(mnis
                          "--last_checkpoint.every_n_train_steps=2"))
     err = capsys.readouterr().err
     assert code == 2
-    assert "the training loss became NaN or infinite at global step 5; training stopped at step 6" in err
+    assert ("the training loss became NaN or infinite at global step 5 (epoch 1, batch 0); training stopped "
+            "before that step changed the weights") in err
     assert "Traceback" not in err
     last = load_last(tmp_path)
     assert last["global_step"] == 5  # the last good state, untouched
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
     assert not list((run_dir(tmp_path) / "checkpoints").glob("*step6*"))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_on_an_accelerator_stops_within_one_logging_interval(mnist_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    from dae.callbacks import NonFiniteLossStop
+
+    # As on a GPU: the loss only updates a flag on the device, read every log_every_n_steps (4) steps.
+    monkeypatch.setattr(NonFiniteLossStop, "_free_to_read", staticmethod(lambda loss: False))
+    checks = []
+    check = NonFiniteLossStop._check
+    monkeypatch.setattr(NonFiniteLossStop, "_check", lambda self, trainer: (checks.append(trainer.global_step),
+                                                                            check(self, trainer)))
+    monkeypatch.chdir(tmp_path)
+    # NaN from global step 6 (epoch 1, batch 1); last.ckpt only at epoch ends (step 5).
+    code = main(fit_args(mnist_dir, *STEPS, "--model.net=tests.probes.NaNNet", "--model.net.init_args.nan_from=7",
+                         "--last_checkpoint.every_n_train_steps=0", "--trainer.log_every_n_steps=4"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert ("the training loss became NaN or infinite at global step 6 (epoch 1, batch 1); training stopped at "
+            "step 7, without writing a checkpoint since") in err
+    # The flag was read at steps 3 and 7 (every 4th), and before the checkpoints and at the end of epoch 0
+    # (step 5): never at the other steps.
+    assert set(checks) == {3, 5, 7}
+    last = load_last(tmp_path)
+    assert last["global_step"] == 5 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_non_finite_check_does_not_wait_for_the_gpu_between_logging_steps():
+    from types import SimpleNamespace
+
+    from dae.callbacks import NonFiniteLossStop
+
+    stop, trainer = NonFiniteLossStop(), SimpleNamespace(global_step=0, current_epoch=0, log_every_n_steps=50)
+    losses = [torch.tensor(v, device="cuda") for v in (1.0, float("nan"), 2.0)]
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation now raises
+    try:
+        for step, loss in enumerate(losses):
+            trainer.global_step = step
+            stop.on_train_batch_start(trainer, None, None, step)
+            stop.on_before_backward(trainer, None, loss)
+            stop.on_before_optimizer_step(trainer, None, None)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [int(v) for v in stop._first_bad] == [1, 0, 1]
 
 
 def test_dae_fit_writes_checkpoints_through_the_atomic_checkpoint_io(mnist_dir, tmp_path, monkeypatch):
