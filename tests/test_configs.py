@@ -1,19 +1,26 @@
-"""Every config in configs/ runs: ``dae fit --config X --trainer.fast_dev_run true`` on fixture data, offline."""
+"""Every config in configs/ runs: ``dae fit --config X --trainer.fast_dev_run true`` on fixture data, offline;
+each overlay runs laid over the config it is written for, and says what it configures."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dae.cli import main
+from tests.conftest import run_dae
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = ROOT / "configs"
+EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.yaml") if "model" in yaml.safe_load(p.read_text()))
+OVERLAYS = sorted(p for p in CONFIGS.glob("*.yaml") if p not in EXPERIMENTS)  # bf16, ddp, gpu
+NOISE_OVERLAYS = sorted((CONFIGS / "noise").glob("*.yaml"))
+NOISE_BASE = CONFIGS / "fashion_mnist.yaml"  # the data-set config the noise overlays are laid over
+CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false"]
 
 
-def is_overlay(config: dict) -> bool:
-    """An overlay (e.g. gpu.yaml) only adjusts an experiment's config, given after it; it has no model of its own."""
-    return "model" not in config
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
 def fixture_data_args(config: dict, mnist_dir: Path, image_dir: Path) -> list[str]:
@@ -25,27 +32,93 @@ def fixture_data_args(config: dict, mnist_dir: Path, image_dir: Path) -> list[st
             "--data.init_args.download=false"]
 
 
+def fast_dev_run(configs: list[Path], mnist_dir: Path, image_dir: Path, *extra: str) -> int:
+    return main(["fit", *(f"--config={c}" for c in configs), "--trainer.fast_dev_run=true", *CPU,
+                 *fixture_data_args(load(configs[0]), mnist_dir, image_dir), *extra])
+
+
+def composed(*configs: Path) -> dict:
+    """The config ``dae fit`` would run with ``configs`` given in this order (``--print_config``)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["fit", *(f"--config={c}" for c in configs), "--print_config"])
+    return yaml.safe_load(out.getvalue())
+
+
 def test_there_is_a_config_per_noise_model_and_dataset_kind():
-    noises, data = set(), set()
-    for path in CONFIGS:
-        config = yaml.safe_load(path.read_text())
-        if is_overlay(config):
-            continue
-        noises.add(config["model"]["noise"]["class_path"])
-        data.add(config["data"]["class_path"])
+    noises = {load(p)["model"]["noise"]["class_path"] for p in EXPERIMENTS + NOISE_OVERLAYS}
+    data = {load(p)["data"]["class_path"] for p in EXPERIMENTS}
     assert {f"dae.noise.{n}" for n in ("GaussianNoise", "SaltAndPepperNoise", "PoissonNoise", "SpeckleNoise",
                                        "PixelMaskNoise", "ComposeNoise")} <= noises
     assert {"dae.data.MNISTDataModule", "dae.image_folder.ImageFolderDataModule"} <= data
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_runs_a_fast_dev_run(path, mnist_dir, image_dir, tmp_path, monkeypatch):
+def test_noise_models_are_overlays_that_hold_only_the_noise():
+    assert [p.stem for p in NOISE_OVERLAYS] == ["blind", "compose", "mask", "poisson", "salt_pepper", "speckle"]
+    for path in NOISE_OVERLAYS:
+        assert load(path) == {"model": {"noise": load(path)["model"]["noise"]}}, path.name
+
+
+def test_no_experiment_config_is_a_copy_of_another_with_other_noise():
+    def without_noise(path: Path) -> dict:
+        config = load(path)
+        config["model"] = {k: v for k, v in config["model"].items() if k != "noise"}
+        return config
+
+    for i, a in enumerate(EXPERIMENTS):
+        for b in EXPERIMENTS[i + 1:]:
+            assert without_noise(a) != without_noise(b), f"{a.name} and {b.name} differ only in model.noise"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_experiment_config_runs_a_fast_dev_run(path, mnist_dir, image_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    configs = [path]
-    if is_overlay(yaml.safe_load(path.read_text())):
-        configs.insert(0, ROOT / "configs" / "mnist.yaml")  # as its own comment says: after an experiment's config
-    config = yaml.safe_load(configs[0].read_text())
-    # On a CPU-only machine: the GPU overlay's device settings are overridden, everything else is kept.
-    assert main(["fit", *(f"--config={c}" for c in configs), "--trainer.fast_dev_run=true",
-                 "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
-                 *fixture_data_args(config, mnist_dir, image_dir)]) == 0
+    assert fast_dev_run([path], mnist_dir, image_dir) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOISE_OVERLAYS, ids=[p.stem for p in NOISE_OVERLAYS])
+def test_noise_overlay_runs_a_fast_dev_run_over_its_data_set_config(path, mnist_dir, image_dir, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert composed(NOISE_BASE, path)["model"]["noise"] == load(path)["model"]["noise"]
+    assert fast_dev_run([NOISE_BASE, path], mnist_dir, image_dir) == 0
+
+
+def test_bf16_overlay_sets_bf16_mixed_precision_and_runs(mnist_dir, image_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert composed(CONFIGS / "mnist.yaml", CONFIGS / "bf16.yaml")["trainer"]["precision"] == "bf16-mixed"
+    assert fast_dev_run([CONFIGS / "mnist.yaml", CONFIGS / "bf16.yaml"], mnist_dir, image_dir) == 0
+
+
+def test_gpu_overlay_configures_one_gpu_bf16_and_images_on_the_device(mnist_dir, image_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = composed(CONFIGS / "mnist.yaml", CONFIGS / "gpu.yaml")
+    trainer, data = config["trainer"], config["data"]["init_args"]
+    assert (trainer["accelerator"], trainer["devices"], trainer["precision"]) == ("gpu", 1, "bf16-mixed")
+    assert data["on_device"] is True and data["num_workers"] == 0
+    assert config["progress_bar"]["init_args"]["refresh_rate"] == 100
+    assert config["model"] == composed(CONFIGS / "mnist.yaml")["model"]  # it only adjusts the experiment
+    # Without a GPU here: everything but the device runs, the images kept on the (CPU) device included.
+    assert fast_dev_run([CONFIGS / "mnist.yaml", CONFIGS / "gpu.yaml"], mnist_dir, image_dir) == 0
+
+
+@pytest.mark.slow
+def test_ddp_overlay_trains_on_two_processes(mnist_dir, tmp_path):
+    config = composed(CONFIGS / "mnist.yaml", CONFIGS / "ddp.yaml")
+    assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["use_distributed_sampler"] is True
+    probe = {"class_path": "tests.probes.RankReport", "init_args": {"folder": str(tmp_path / "report")}}
+    code, out = run_dae(tmp_path, [
+        "fit", f"--config={CONFIGS / 'mnist.yaml'}", f"--config={CONFIGS / 'ddp.yaml'}", "--trainer.fast_dev_run=2",
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", f"--trainer.callbacks+={json.dumps(probe)}",
+        f"--data.init_args.data_dir={mnist_dir}", "--data.init_args.val_split=64", "--data.init_args.download=false",
+    ])
+    assert code == 0, out
+    reports = [json.loads((tmp_path / "report" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["train_batches"]) for r in reports] == [(0, 2, 2), (1, 2, 2)]
+    assert reports[0]["weights_sum"] == pytest.approx(reports[1]["weights_sum"], rel=1e-6)  # one model
