@@ -11,14 +11,14 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from dae.sampling import EpochShuffleSampler, ResumableDataLoader
+from dae.sampling import DeviceBatchSampler, EpochShuffleSampler, ResumableDataLoader
 
 # IDX magic numbers: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
 _IDX_UBYTE = 0x08
@@ -142,24 +142,6 @@ class ImageTensorDataset(Dataset):
         return self.images[torch.as_tensor(indices, device=self.images.device)]
 
 
-class DeviceBatchSampler(Sampler[Tensor]):
-    """Batches of indices as tensors on ``device``, shuffled there: with the images on a GPU, a batch is
-    gathered without any host work, copy or synchronisation.
-
-    A new permutation is drawn every epoch from the global RNG of ``device`` (seeded by ``seed_everything``).
-    """
-
-    def __init__(self, size: int, batch_size: int, shuffle: bool, device: torch.device | str) -> None:
-        self.size, self.batch_size, self.shuffle, self.device = size, batch_size, shuffle, torch.device(device)
-
-    def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
-
-    def __iter__(self) -> Iterator[Tensor]:
-        make = torch.randperm if self.shuffle else torch.arange
-        return iter(make(self.size, device=self.device).split(self.batch_size))
-
-
 def _batch_collate(batch: Tensor) -> Tensor:
     """``__getitems__`` already returns a batch tensor; there is nothing left to collate."""
     return batch
@@ -200,6 +182,7 @@ class InMemoryDataModule(L.LightningDataModule):
     """
 
     channels: int = 1
+    train_sampler: type[EpochShuffleSampler] = EpochShuffleSampler  # how the training loader orders the data
 
     def __init__(self, batch_size: int, num_workers: int) -> None:
         super().__init__()
@@ -227,7 +210,7 @@ class InMemoryDataModule(L.LightningDataModule):
             return DataLoader(dataset, **kwargs)
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = EpochShuffleSampler(dataset, self._shuffle_seed(), world_size, rank)
+        sampler = self.train_sampler(dataset, self._shuffle_seed(), world_size, rank)
         return ResumableDataLoader(dataset, sampler, **kwargs)
 
     def _shuffle_seed(self) -> int:
@@ -266,8 +249,9 @@ class MNISTDataModule(InMemoryDataModule):
         split_seed: seed of the train/val permutation.
         num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
         download: fetch missing files with torchvision in ``prepare_data``.
-        on_device: keep the images on the training device (a GPU) and shuffle and slice batches there, so
-            that no step waits for the host; needs ``num_workers: 0``. (On a CPU only the shuffling differs.)
+        on_device: keep the images on the training device (a GPU) and slice batches there, so that no step
+            waits for the host; the batches are the same as without it (also under DDP, and when resuming
+            mid-epoch). Needs ``num_workers: 0``. ``predict`` reads from the host as usual.
     """
 
     def __init__(
@@ -377,8 +361,18 @@ class MNISTDataModule(InMemoryDataModule):
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if self.on_device and isinstance(dataset, ImageTensorDataset):
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            trainer = self.trainer
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+            world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
             dataset.images = dataset.images.to(device)  # once: a no-op when they are already there
-            sampler = DeviceBatchSampler(len(dataset), self.batch_size, shuffle, device)
-            return DataLoader(dataset, batch_sampler=sampler, collate_fn=_batch_collate)
+            # The host loader's order (same seed, same batches), sharded by rank; training resumes mid-epoch.
+            seed = self._shuffle_seed() if shuffle else 0
+            sampler = DeviceBatchSampler(dataset, self.batch_size, device, seed, shuffle, world_size, rank)
+            loader = ResumableDataLoader if shuffle else DataLoader
+            return loader(dataset, sampler=sampler, batch_size=None, collate_fn=_batch_collate)
         return super()._loader(dataset, shuffle)
+
+    def predict_dataloader(self) -> DataLoader:
+        # The host loader even with on_device: prediction writes each image under its index in the test set,
+        # which Lightning records from plain index batches.
+        return super()._loader(self.test_set, shuffle=False)

@@ -2,11 +2,13 @@
 
 Every readable image is decoded once into a uint8 tensor (C, H, W) held in memory. Training serves random
 ``patch_size`` crops (a fresh position every epoch); validation and test serve fixed centre crops, so their
-numbers compare across epochs and runs. Files are split into train/val/test by a seeded permutation.
+numbers compare across epochs and runs. Each file's split (train, val or test) follows from a hash of its path
+alone, so that adding or removing pictures, or changing ``patch_size``, moves no other picture between splits.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
-from dae.data import ImageTensorDataset, InMemoryDataModule, check_split, split_sizes
+from dae.data import ImageTensorDataset, InMemoryDataModule
+from dae.sampling import KeyedEpochSampler
+from dae.seeding import numpy_generator
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit PNG/TIFF as Pillow opens them
@@ -46,9 +51,9 @@ def _named(paths: list[Path], root: Path) -> str:
     return shown + (", ..." if len(paths) > _NAMED_IN_WARNING else "")
 
 
-def load_image_folder(root: Path, channels: int, min_size: int) -> list[Tensor]:
-    """Decode every image under ``root`` (recursively, in sorted path order) that is at least ``min_size``
-    pixels high and wide.
+def load_image_folder(root: Path, channels: int, min_size: int) -> dict[str, Tensor]:
+    """Decode every image under ``root`` (recursively) that is at least ``min_size`` pixels high and wide, as
+    ``{path relative to root (with /): image}`` in sorted path order.
 
     Files that are not readable PNG/JPEG/TIFF/BMP images, and images too small, are skipped with a single
     warning that counts and names them. Raises ``FileNotFoundError`` when no usable image is left.
@@ -56,7 +61,7 @@ def load_image_folder(root: Path, channels: int, min_size: int) -> list[Tensor]:
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder; check data.data_dir")
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    images, unreadable, small = [], [], []
+    images, unreadable, small = {}, [], []
     for path in files:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             unreadable.append(path)
@@ -67,7 +72,7 @@ def load_image_folder(root: Path, channels: int, min_size: int) -> list[Tensor]:
             unreadable.append(path)
             continue
         if min(image.shape[1:]) >= min_size:
-            images.append(image)
+            images[path.relative_to(root).as_posix()] = image
         else:
             small.append(path)
     skipped = []
@@ -86,14 +91,33 @@ def load_image_folder(root: Path, channels: int, min_size: int) -> list[Tensor]:
     return images
 
 
-def centre_crop(image: Tensor, size: int) -> Tensor:
-    """The central ``size`` x ``size`` crop of an image (C, H, W)."""
-    top, left = (image.shape[1] - size) // 2, (image.shape[2] - size) // 2
-    return image[:, top : top + size, left : left + size]
+SPLITS = ("train", "val", "test")
+
+
+def split_of(relative_path: str, seed: int, val_split: float, test_split: float) -> str:
+    """``train``, ``val`` or ``test`` for one file, from a hash of ``seed`` and its path alone: the hash, as a
+    number in [0, 1), puts the file in test below ``test_split``, in val below ``test_split + val_split``."""
+    digest = hashlib.sha256(f"{seed}/{relative_path}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if u < test_split else "val" if u < test_split + val_split else "train"
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, float) or not 0.0 < value < 1.0:
+        raise ValueError(
+            f"{name} must be a fraction strictly between 0 and 1, got {value!r}: an image folder is split by a "
+            "hash of each file's path, so that adding pictures moves none between splits, which a count of "
+            "images cannot do"
+        )
 
 
 class RandomPatchDataset(Dataset):
-    """Random ``patch_size`` crops of in-memory images: ``patches_per_image`` per image and epoch."""
+    """Random ``patch_size`` crops of in-memory images: ``patches_per_image`` per image and epoch.
+
+    Items are asked for by ``(seed, epoch, index)`` keys (``dae.sampling.KeyedEpochSampler``), and each crop's
+    position is drawn from a generator seeded by its key alone: the same crop in any worker process and when a run
+    resumes, a fresh one every epoch, and different ones on DDP ranks (which take different indices).
+    """
 
     def __init__(self, images: list[Tensor], patch_size: int, patches_per_image: int = 1) -> None:
         self.images = images
@@ -103,16 +127,16 @@ class RandomPatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images) * self.patches_per_image
 
-    def __getitem__(self, index: int) -> Tensor:
+    def __getitem__(self, key: tuple[int, int, int]) -> Tensor:
+        seed, epoch, index = key
         image = self.images[index % len(self.images)]
-        # The global RNG: seeded by seed_everything, and seeded per worker by Lightning when workers are used.
-        top = int(torch.randint(image.shape[1] - self.patch_size + 1, ()))
-        left = int(torch.randint(image.shape[2] - self.patch_size + 1, ()))
-        return image[:, top : top + self.patch_size, left : left + self.patch_size]
+        rng = numpy_generator(seed, epoch, index)
+        top, left = (int(rng.integers(side - self.patch_size + 1)) for side in image.shape[1:])
+        return TF.crop(image, top, left, self.patch_size, self.patch_size)
 
-    def __getitems__(self, indices: list[int]) -> Tensor:
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> Tensor:
         # The same batch form as ImageTensorDataset: one uint8 tensor (B, C, patch, patch).
-        return torch.stack([self[i] for i in indices])
+        return torch.stack([self[key] for key in keys])
 
 
 class ImageFolderDataModule(InMemoryDataModule):
@@ -125,11 +149,15 @@ class ImageFolderDataModule(InMemoryDataModule):
             for validation and test. Images smaller than this are skipped with a warning.
         patches_per_image: random crops taken from each training image per epoch.
         batch_size: crops per batch.
-        val_split: images for validation: a count, or a fraction in (0, 1) of all usable images.
-        test_split: images for testing, likewise; the rest train.
-        split_seed: seed of the permutation that splits the (sorted) images.
+        val_split: the fraction of the files, in (0, 1), that validate.
+        test_split: the fraction of the files, in (0, 1), that test; the rest train. Each file's split follows
+            from a hash of ``split_seed`` and its path relative to ``data_dir``, so the split sizes are close
+            to these fractions, and a file stays in its split whatever else is added, removed or skipped.
+        split_seed: seed of that hash.
         num_workers: DataLoader worker processes.
     """
+
+    train_sampler = KeyedEpochSampler
 
     def __init__(
         self,
@@ -138,8 +166,8 @@ class ImageFolderDataModule(InMemoryDataModule):
         patch_size: int = 28,
         patches_per_image: int = 1,
         batch_size: int = 64,
-        val_split: int | float = 0.1,
-        test_split: int | float = 0.1,
+        val_split: float = 0.1,
+        test_split: float = 0.1,
         split_seed: int = 42,
         num_workers: int = 0,
     ) -> None:
@@ -151,7 +179,10 @@ class ImageFolderDataModule(InMemoryDataModule):
         if patches_per_image < 1:
             raise ValueError(f"patches_per_image must be >= 1, got {patches_per_image}")
         for name, value in (("val_split", val_split), ("test_split", test_split)):
-            check_split(value, name)  # fails early on malformed values; setup checks them against the images
+            _check_fraction(name, value)
+        if not val_split + test_split < 1:
+            raise ValueError(f"val_split + test_split must be below 1 to leave images for training, got "
+                             f"{val_split} + {test_split}")
         if Path(data_dir).is_file():
             raise ValueError(f"data_dir {data_dir!r} is a file; give the folder that holds the images")
         self.save_hyperparameters()
@@ -162,22 +193,29 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.val_split = val_split
         self.test_split = test_split
         self.split_seed = split_seed
+        self.split_files: dict[str, list[str]] = {}  # after setup: each split's files, relative to data_dir
         self._splits: dict[str, list[Tensor]] | None = None
 
     def _split_images(self) -> dict[str, list[Tensor]]:
         """Decode the folder once and split it: {'train': [...], 'val': [...], 'test': [...]}."""
         if self._splits is None:
             images = load_image_folder(Path(self.data_dir), self.channels, self.patch_size)
-            source = f"the image folder {self.data_dir}"
-            rest, n_test = split_sizes(len(images), self.test_split, "test_split", source)
-            n_train, _ = split_sizes(rest, self.val_split, "val_split", f"{source} without its test images")
-            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-            picked = [images[i] for i in order]
-            self._splits = {"train": picked[:n_train], "val": picked[n_train:rest], "test": picked[rest:]}
+            files: dict[str, list[str]] = {split: [] for split in SPLITS}
+            for name in images:
+                files[split_of(name, self.split_seed, self.val_split, self.test_split)].append(name)
+            for split, fraction in (("val", self.val_split), ("test", self.test_split), ("train", None)):
+                if not files[split]:
+                    fix = f"raise {split}_split (now {fraction})" if fraction else "lower val_split and test_split"
+                    raise ValueError(
+                        f"no image of the {len(images)} usable ones in {self.data_dir} falls into the {split} "
+                        f"split (each file's split follows from a hash of its path): {fix}, or add images"
+                    )
+            self.split_files = files
+            self._splits = {split: [images[name] for name in names] for split, names in files.items()}
         return self._splits
 
     def _centre_crops(self, images: list[Tensor]) -> ImageTensorDataset:
-        return ImageTensorDataset(torch.stack([centre_crop(img, self.patch_size) for img in images]))
+        return ImageTensorDataset(torch.stack([TF.center_crop(img, [self.patch_size]) for img in images]))
 
     def setup(self, stage: str | None = None) -> None:
         splits = self._split_images()

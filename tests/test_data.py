@@ -2,6 +2,7 @@ import gzip
 import shutil
 import zipfile
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -208,17 +209,117 @@ def _on_device_epoch(dm, loader):
     return batches
 
 
+def _epoch(loader, epoch: int) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)  # as Lightning does before every epoch
+    return list(loader)
+
+
 def test_on_device_batches_cover_each_image_once_per_epoch_in_a_new_order(mnist_dir):
     dm = make_dm(mnist_dir, batch_size=32, on_device=True)
     dm.setup("fit")
     train = dm.train_set.images
-    epochs = [torch.cat(_on_device_epoch(dm, dm.train_dataloader())) for _ in range(2)]
+    loader = dm.train_dataloader()
+    epochs = [torch.cat(_on_device_epoch(dm, _epoch(loader, e))) for e in range(2)]
     for images in epochs:
         assert images.dtype == torch.uint8 and images.shape == train.shape
         # every image exactly once: sorting the flattened images gives the same multiset
         assert torch.equal(images.flatten(1).sort(0).values, train.flatten(1).sort(0).values)
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[0], train)
     assert torch.equal(torch.cat(_on_device_epoch(dm, dm.val_dataloader())), dm.val_set.images)  # fixed order
+
+
+def fake_rank(dm, rank: int, world_size: int = 2):
+    """Give ``dm`` what its loaders read from a DDP trainer of ``world_size`` processes on the CPU."""
+    strategy = SimpleNamespace(broadcast=lambda x: x, root_device=torch.device("cpu"))
+    dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy)
+    return dm
+
+
+def test_on_device_serves_the_same_batches_as_the_host_loader(mnist_dir):
+    batches = {}
+    for on_device in (False, True):
+        dm = make_dm(mnist_dir, batch_size=32, on_device=on_device)
+        dm.setup("fit")
+        torch.manual_seed(0)  # seed_everything: the shuffling seed
+        loader = dm.train_dataloader()
+        batches[on_device] = _epoch(loader, 0) + _epoch(loader, 1)
+    assert len(batches[True]) == len(batches[False]) == 16
+    assert all(torch.equal(a, b) for a, b in zip(batches[True], batches[False]))
+
+
+def test_on_device_shards_the_epoch_between_ddp_ranks(mnist_dir):
+    served = {"train": [], "val": []}
+    for rank in (0, 1):
+        dm = fake_rank(make_dm(mnist_dir, batch_size=32, on_device=True), rank)
+        dm.setup("fit")
+        torch.manual_seed(0)
+        served["train"].append(torch.cat(_epoch(dm.train_dataloader(), 0)))
+        served["val"].append(torch.cat(list(dm.val_dataloader())))
+    for split, (rank0, rank1) in served.items():
+        images = getattr(dm, f"{split}_set").images
+        assert len(rank0) == len(rank1) == len(images) // 2, split  # each rank its half
+        both = torch.cat([rank0, rank1]).flatten(1)
+        assert torch.equal(both.sort(0).values, images.flatten(1).sort(0).values), split  # together: every image once
+
+
+def test_on_device_training_order_resumes_mid_epoch(mnist_dir):
+    def loader():
+        dm = make_dm(mnist_dir, batch_size=32, on_device=True)
+        dm.setup("fit")
+        torch.manual_seed(0)
+        return dm.train_dataloader()
+
+    run = loader()
+    run.sampler.set_epoch(1)
+    batches = iter(run)
+    [next(batches) for _ in range(3)]
+    state = run.state_dict()
+    rest = list(batches)
+    torch.rand(100)  # a resumed process is elsewhere in its random streams
+    resumed = loader()
+    resumed.load_state_dict(state)
+    again = _epoch(resumed, 1)
+    assert len(again) == len(rest) == 5 and all(torch.equal(a, b) for a, b in zip(again, rest))
+
+
+def test_on_device_predict_names_each_image_by_its_index(mnist_dir, tiny_trainer, tmp_path):
+    import lightning as L
+
+    from dae.callbacks import PredictionImageWriter
+    from dae.module import DenoisingModule
+
+    class Indices(L.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            self.seen += trainer.predict_loop.current_batch_indices
+
+    indices, writer = Indices(), PredictionImageWriter(str(tmp_path / "out"))
+    trainer = tiny_trainer(limit_predict_batches=2, callbacks=[writer, indices])
+    trainer.predict(DenoisingModule(), make_dm(mnist_dir, batch_size=8, on_device=True), return_predictions=False)
+    assert indices.seen == list(range(16)) and all(type(i) is int for i in indices.seen)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i:05d}.png" for i in range(16)]
+
+
+@pytest.mark.slow
+def test_on_device_trains_under_ddp_each_rank_on_its_half(mnist_dir, tmp_path):
+    import json
+
+    from tests.conftest import fit_args, run_dae
+
+    probe = {"class_path": "tests.probes.RankReport", "init_args": {"folder": str(tmp_path / "report")}}
+    code, out = run_dae(tmp_path, fit_args(
+        mnist_dir, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=null", "--data.on_device=true", "--trainer.enable_model_summary=false",
+        f"--trainer.callbacks+={json.dumps(probe)}",
+    ))
+    assert code == 0, out
+    reports = [json.loads((tmp_path / "report" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # 256 training images: 128 per rank, 2 batches of 64 each; one model.
+    assert [r["train_batches"] for r in reports] == [2, 2]
+    assert reports[0]["weights_sum"] == pytest.approx(reports[1]["weights_sum"], rel=1e-6)
+    assert [len(r["val"]["0"]["psnr"]) for r in reports] == [32, 32]  # and half of the 64 validation images
 
 
 def test_on_device_with_workers_is_refused(mnist_dir):

@@ -1,11 +1,14 @@
+import shutil
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from dae.image_folder import ImageFolderDataModule, decode_image
 from dae.module import DenoisingModule
@@ -23,6 +26,24 @@ def make_dm(folder, **kwargs):
 
 def all_pixels(images) -> set[bytes]:
     return {bytes(img.numpy()) for img in images}
+
+
+def centres(images, size: int = 28) -> list[torch.Tensor]:
+    """The centre crops that validation and test would take of full images."""
+    return [TF.center_crop(img, [size]) for img in images]
+
+
+def pixels_by_split(dm, size: int = 28) -> dict[str, set[bytes]]:
+    """Each split's images, as the bytes of their centre crops of side ``size``."""
+    return {"train": all_pixels(centres(dm.train_set.images, size)),
+            "val": all_pixels(centres(dm.val_set.images, size)), "test": all_pixels(centres(dm.test_set.images, size))}
+
+
+def fake_rank(dm, rank: int, world_size: int = 2):
+    """Give ``dm`` what its loaders read from a DDP trainer of ``world_size`` processes on the CPU."""
+    strategy = SimpleNamespace(broadcast=lambda x: x, root_device=torch.device("cpu"))
+    dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy)
+    return dm
 
 
 def test_decode_converts_between_gray_and_rgb_and_scales_16_bit(tmp_path):
@@ -46,21 +67,22 @@ def test_every_format_is_found_recursively(tmp_path):
     for i, name in enumerate(["a.png", "b/c.jpg", "b/d/e.JPEG", "f.tif", "g.tiff", "h.bmp"]):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.roll(image, i, axis=1)).save(tmp_path / name)
-    dm = make_dm(tmp_path, channels=1, val_split=1, test_split=1)
+    dm = make_dm(tmp_path, channels=1, val_split=0.2, test_split=0.2, split_seed=3)  # a seed that splits 4/1/1
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing here is skipped
         dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (4, 1, 1)
+    assert sorted(sum(dm.split_files.values(), [])) == ["a.png", "b/c.jpg", "b/d/e.JPEG", "f.tif", "g.tiff", "h.bmp"]
 
 
 def test_split_is_seeded_disjoint_and_covers_every_image(image_dir):
     a, b, c = make_dm(image_dir), make_dm(image_dir), make_dm(image_dir, split_seed=7)
     for dm in (a, b, c):
         dm.setup()
-    assert (len(a.train_set), len(a.val_set), len(a.test_set)) == (24, 3, 3)
+    assert (len(a.train_set), len(a.val_set), len(a.test_set)) == (25, 2, 3)  # close to 0.1 of 30 each
     assert torch.equal(a.val_set.images, b.val_set.images) and torch.equal(a.test_set.images, b.test_set.images)
     assert not torch.equal(a.test_set.images, c.test_set.images)
-    train, val, test = (all_pixels(s) for s in (a.train_set.images, a.val_set.images, a.test_set.images))
+    train, val, test = (all_pixels(s) for s in (centres(a.train_set.images), a.val_set.images, a.test_set.images))
     assert not (train & val or train & test or val & test)
     assert len(train | val | test) == 30
 
@@ -71,24 +93,108 @@ def test_training_gets_random_crops_and_evaluation_fixed_centre_crops(image_dir)
     originals = {np.ascontiguousarray(c).tobytes() for c in centres}
     dm = make_dm(image_dir, batch_size=8, patches_per_image=4)
     dm.setup()
-    assert len(dm.train_set) == 24 * 4
+    assert len(dm.train_set) == 25 * 4
     batch = next(iter(dm.train_dataloader()))
     assert batch.dtype == torch.uint8 and batch.shape == (8, 3, 28, 28)
-    # Many crop positions per image, so repeated crops of one image differ.
+    # Many crop positions per image, so the crops of one image differ from epoch to epoch.
     assert (height - 27) * (width - 27) > 100
-    torch.manual_seed(0)
-    first = torch.stack([dm.train_set[0] for _ in range(10)])
+    first = torch.stack([dm.train_set[(0, epoch, 0)] for epoch in range(10)])
     assert len({bytes(p.numpy()) for p in first}) > 5
     # Validation and test crops are the exact centres of their images.
     val = torch.cat(list(dm.val_dataloader()))
-    assert val.shape == (3, 3, 28, 28) and torch.equal(val, dm.val_set.images)
+    assert val.shape == (2, 3, 28, 28) and torch.equal(val, dm.val_set.images)
     assert all_pixels(val) <= originals and all_pixels(dm.test_set.images) <= originals
+
+
+def test_adding_pictures_or_changing_the_patch_size_moves_no_image_between_splits(image_dir, tmp_path):
+    folder = tmp_path / "pictures"
+    shutil.copytree(image_dir, folder)
+    before = make_dm(folder)
+    before.setup()
+    old = pixels_by_split(before)
+    (folder / "more").mkdir()
+    for i, rgb in enumerate(synthetic_rgb(10, (80, 80))):  # 10 new pictures, beside and below the old ones
+        Image.fromarray(rgb).save(folder / ("more" if i % 2 else "") / f"new{i}.png")
+    after = make_dm(folder)
+    after.setup()
+    grown = pixels_by_split(after)
+    for split in ("train", "val", "test"):
+        assert old[split] <= grown[split], split  # every old picture kept its split
+    bigger = make_dm(folder, patch_size=40)  # the fixture's 70x76 pictures are all large enough for it
+    bigger.setup()
+    assert bigger.split_files == after.split_files
+    assert {s: all_pixels(centres(getattr(bigger, f"{s}_set").images)) for s in ("val", "test")} == \
+        {s: grown[s] for s in ("val", "test")}
+
+
+def test_evaluation_of_a_checkpoint_scores_only_images_it_never_trained_on(image_dir, tmp_path):
+    from dae.evaluate import data_module
+
+    folder = tmp_path / "pictures"
+    shutil.copytree(image_dir, folder)
+    trained = make_dm(folder)
+    trained.setup()
+    trained_on = pixels_by_split(trained)["train"]
+    for i, rgb in enumerate(synthetic_rgb(40, (72, 72))[30:]):  # pictures added after training
+        Image.fromarray(rgb).save(folder / f"later{i}.png")
+    # What `dae evaluate CKPT` builds from the checkpoint's datamodule_hyper_parameters.
+    evaluated = data_module({**trained.hparams, "_class_path": "dae.image_folder.ImageFolderDataModule"})
+    evaluated.setup("test")
+    scored = all_pixels(evaluated.test_set.images)
+    assert scored and not scored & trained_on
+    assert pixels_by_split(trained)["test"] <= scored  # the checkpoint's own test images are all still scored
+
+
+def _identical_pictures(folder: Path, n: int = 20) -> Path:
+    """``n`` copies of one picture under different names: a crop's pixels then show only its position."""
+    write_image_folder(folder, n=1)
+    for i in range(1, n):
+        shutil.copy(folder / "img000.png", folder / f"copy{i:03d}.png")
+    return folder
+
+
+def test_ddp_ranks_draw_different_crops(tmp_path):
+    folder = _identical_pictures(tmp_path / "same")
+    batches = []
+    for rank in (0, 1):
+        dm = fake_rank(make_dm(folder, val_split=0.2, test_split=0.2, batch_size=4), rank)
+        dm.setup("fit")
+        torch.manual_seed(0)  # what seed_everything does on every rank
+        batches.append(next(iter(dm.train_dataloader())))
+    assert not torch.equal(batches[0], batches[1])
+
+
+def test_random_crops_resume_exactly_mid_epoch(tmp_path):
+    folder = _identical_pictures(tmp_path / "same")
+
+    def loader():
+        dm = make_dm(folder, val_split=0.2, test_split=0.2, batch_size=2, patches_per_image=2)
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    torch.manual_seed(0)
+    run = loader()
+    run.sampler.set_epoch(1)
+    batches = iter(run)
+    served = [next(batches) for _ in range(3)]
+    state = run.state_dict()
+    rest = list(batches)
+    assert len(rest) >= 3
+
+    torch.manual_seed(0)
+    torch.rand(100)  # a resumed process is elsewhere in its random streams
+    resumed = loader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(1)
+    again = list(resumed)
+    assert len(again) == len(rest) and all(torch.equal(a, b) for a, b in zip(again, rest))
+    assert len(all_pixels(torch.cat(served + rest))) > 5  # and the crops do vary
 
 
 def test_gray_channel_setting_converts_rgb_files(image_dir):
     dm = make_dm(image_dir, channels=1)
     dm.setup("test")
-    assert dm.test_set.images.shape == (3, 1, 28, 28) and dm.channels == 1
+    assert dm.test_set.images.shape == (3, 1, 28, 28) and dm.channels == 1  # the 3 test files of split_seed 42
 
 
 def test_unreadable_files_are_skipped_with_one_counting_warning(tmp_path):
@@ -99,7 +205,7 @@ def test_unreadable_files_are_skipped_with_one_counting_warning(tmp_path):
     Image.fromarray(synthetic_images(1, 64)[0]).save(jpeg)
     jpeg.write_bytes(jpeg.read_bytes()[:200])  # truncated
     Image.fromarray(np.zeros((10, 50), np.uint8)).save(tmp_path / "tiny.png")  # smaller than the patch
-    dm = make_dm(tmp_path, val_split=1, test_split=1)
+    dm = make_dm(tmp_path, val_split=0.2, test_split=0.2, split_seed=10)  # a seed that splits the 6 images 4/1/1
     with pytest.warns(UserWarning) as record:
         dm.setup()
     messages = [str(w.message) for w in record if "image folder" in str(w.message)]
@@ -129,17 +235,19 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"channels": 2}, "channels must be 1 .* or 3"), ({"patch_size": 0}, "patch_size"),
-     ({"patches_per_image": 0}, "patches_per_image"), ({"val_split": 0}, "val_split as a count"),
-     ({"test_split": 1.0}, "test_split as a fraction"), ({"batch_size": 0}, "batch_size")],
+     ({"patches_per_image": 0}, "patches_per_image"), ({"val_split": 0}, "val_split must be a fraction"),
+     ({"test_split": 1.0}, "test_split must be a fraction"), ({"batch_size": 0}, "batch_size"),
+     ({"val_split": 3}, "val_split must be a fraction.*moves none between splits"),
+     ({"val_split": 0.5, "test_split": 0.5}, "val_split \\+ test_split must be below 1")],
 )
 def test_bad_arguments_are_refused(image_dir, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_dm(image_dir, **kwargs)
 
 
-def test_splits_too_big_for_the_folder_are_refused(image_dir):
-    with pytest.raises(ValueError, match="test_split=30 leaves no images.*30 images"):
-        make_dm(image_dir, test_split=30).setup()
+def test_a_split_that_gets_no_image_is_refused(image_dir):
+    with pytest.raises(ValueError, match=r"no image of the 30 usable ones .* falls into the val split.*raise val_split"):
+        make_dm(image_dir, val_split=0.001).setup()
 
 
 def test_network_with_other_channel_count_is_refused_before_training(image_dir, tiny_trainer):
@@ -161,7 +269,7 @@ def test_fit_on_rgb_pngs_follows_the_data_channels(image_dir, tmp_path, monkeypa
     ])
     run = tmp_path / "lightning_logs" / "version_0"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    # The seed config says in_channels 1; the 3-channel data overrode it, and the checkpoint says so.
+    # The baseline config says in_channels 1; the 3-channel data overrode it, and the checkpoint says so.
     assert ckpt["hyper_parameters"]["net"]["init_args"]["in_channels"] == 3
     assert ckpt["state_dict"]["net.encoder.0.weight"].shape[1] == 3
     assert ckpt["datamodule_hyper_parameters"]["channels"] == 3
