@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dae.cli import main
@@ -89,22 +90,35 @@ def test_noise_overlay_runs_a_fast_dev_run_over_its_data_set_config(path, mnist_
     assert fast_dev_run([NOISE_BASE, path], mnist_dir, image_dir) == 0
 
 
-def test_bf16_overlay_sets_bf16_mixed_precision_and_runs(mnist_dir, image_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert composed(CONFIGS / "mnist.yaml", CONFIGS / "bf16.yaml")["trainer"]["precision"] == "bf16-mixed"
-    assert fast_dev_run([CONFIGS / "mnist.yaml", CONFIGS / "bf16.yaml"], mnist_dir, image_dir) == 0
+def test_bf16_overlay_sets_bf16_mixed_precision():
+    config = composed(CONFIGS / "mnist.yaml", CONFIGS / "bf16.yaml")
+    assert config["trainer"]["precision"] == "bf16-mixed"
+    assert config["model"] == composed(CONFIGS / "mnist.yaml")["model"]  # it only adjusts the experiment
 
 
-def test_gpu_overlay_configures_one_gpu_bf16_and_images_on_the_device(mnist_dir, image_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_gpu_overlay_configures_one_gpu_bf16_and_images_on_the_device():
     config = composed(CONFIGS / "mnist.yaml", CONFIGS / "gpu.yaml")
     trainer, data = config["trainer"], config["data"]["init_args"]
     assert (trainer["accelerator"], trainer["devices"], trainer["precision"]) == ("gpu", 1, "bf16-mixed")
     assert data["on_device"] is True and data["num_workers"] == 0
     assert config["progress_bar"]["init_args"]["refresh_rate"] == 100
     assert config["model"] == composed(CONFIGS / "mnist.yaml")["model"]  # it only adjusts the experiment
-    # Without a GPU here: everything but the device runs, the images kept on the (CPU) device included.
-    assert fast_dev_run([CONFIGS / "mnist.yaml", CONFIGS / "gpu.yaml"], mnist_dir, image_dir) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay", ["bf16.yaml", "gpu.yaml"])
+def test_overlay_runs_a_fast_dev_run_over_the_baseline(overlay, mnist_dir, image_dir, tmp_path, monkeypatch):
+    # Without a GPU here gpu.yaml runs on the CPU: everything but the device, the images kept on it included.
+    monkeypatch.chdir(tmp_path)
+    assert fast_dev_run([CONFIGS / "mnist.yaml", CONFIGS / overlay], mnist_dir, image_dir) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_overlay_runs_on_the_gpu(mnist_dir, image_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", f"--config={CONFIGS / 'mnist.yaml'}", f"--config={CONFIGS / 'gpu.yaml'}",
+                 "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false",
+                 *fixture_data_args(load(CONFIGS / "mnist.yaml"), mnist_dir, image_dir)]) == 0
 
 
 @pytest.mark.slow
