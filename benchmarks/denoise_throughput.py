@@ -2,7 +2,7 @@
 
     python benchmarks/denoise_throughput.py [--ckpt RUN_OR_CKPT] [--repeats 3] [--size 2048]
 
-Without --ckpt the seed ConvAutoencoder with fresh weights is timed (speed does not depend on the weights).
+Without --ckpt the baseline ConvAutoencoder with fresh weights is timed (speed does not depend on the weights).
 Each number is the median of --repeats timed runs after one warm-up. The last line is the ratio of the
 tiled image's pixel rate to the network's raw 28x28 pixel rate: overlapping tiles (stride = half a tile)
 send every pixel through the network about four times, so ~0.25 means blending itself costs little.
@@ -33,7 +33,7 @@ def median_seconds(fn, repeats: int) -> float:
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", help="run folder or .ckpt (default: the seed net with fresh weights)")
+    parser.add_argument("--ckpt", help="run folder or .ckpt (default: the baseline net with fresh weights)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=2048, help="side of the large square image")
     parser.add_argument("--images", type=int, default=8192, help="28x28 images per timed run")

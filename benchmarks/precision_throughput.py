@@ -1,7 +1,7 @@
 """Training throughput of ``dae fit`` in full fp32 against bf16 mixed precision, measured in one run.
 
     python benchmarks/precision_throughput.py --data-dir /usr/share/datasets/fashion-mnist   # real IDX files
-    python benchmarks/precision_throughput.py --config configs/mnist.yaml                   # the seed instead
+    python benchmarks/precision_throughput.py --config configs/mnist.yaml                   # the baseline instead
     python benchmarks/precision_throughput.py --device cuda                                 # on a GPU
 
 Both contestants run ``dae fit --config configs/unet.yaml`` (default) on the same IDX files, one with

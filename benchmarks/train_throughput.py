@@ -1,13 +1,13 @@
-"""Training throughput: the seed's plain PyTorch loop against ``dae fit``, measured in one run.
+"""Training throughput: the baseline's plain PyTorch loop against ``dae fit``, measured in one run.
 
     python benchmarks/train_throughput.py --data-dir /usr/share/datasets/fashion-mnist   # real IDX files
     python benchmarks/train_throughput.py                                               # synthetic IDX files
     python benchmarks/train_throughput.py --device cuda                                 # on a GPU
 
-Both contestants train the seed model (ConvAutoencoder, Gaussian noise std 0.5, MSE, Adam 1e-3 / 1e-5) on
+Both contestants train the baseline model (ConvAutoencoder, Gaussian noise std 0.5, MSE, Adam 1e-3 / 1e-5) on
 the same IDX files at the same batch size:
 
-(a) the seed's plain loop: torchvision's ``MNIST`` dataset with ``ToTensor``, a ``DataLoader`` (shuffled, no
+(a) the baseline's plain loop: torchvision's ``MNIST`` dataset with ``ToTensor``, a ``DataLoader`` (shuffled, no
     workers), noise added on the CPU, the model stepped by hand, the epoch loss summed with ``loss.item()``;
 (b) ``dae fit --config configs/mnist.yaml`` as a user runs it: default progress bar (drawn into a
     pseudo-terminal, as in a shell), TensorBoard logging, checkpoints, sanity check.
@@ -16,8 +16,8 @@ Every measurement runs in a fresh child process (this script with ``--child``). 
 for ``--short`` and ``--long`` steps; the time difference over the step difference is the per-step time, so
 start-up (imports, reading files, sanity check, checkpoint and plot at the end) cancels. Validation and test
 throughput of ``dae validate`` / ``dae test`` (PSNR, SSIM, loss, seeded noise) are measured the same way
-against the seed's plain evaluation loop. The FLOP peak is the best of a few large fp32 matmuls on the same
-device in the same run; FLOPs per image are counted with ``torch.utils.flop_counter`` on the seed model.
+against the baseline's plain evaluation loop. The FLOP peak is the best of a few large fp32 matmuls on the same
+device in the same run; FLOPs per image are counted with ``torch.utils.flop_counter`` on the baseline model.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _endless(loader):
 
 
 def plain_train(steps: int, data_root: Path, batch_size: int, device: torch.device) -> dict:
-    """The seed's hand-written training loop, stopped after ``steps`` steps; returns the mean loss of the last 50."""
+    """The baseline's hand-written training loop, stopped after ``steps`` steps; returns the mean loss of the last 50."""
     import torch.nn.functional as F
 
     torch.manual_seed(0)
@@ -96,7 +96,7 @@ def plain_train(steps: int, data_root: Path, batch_size: int, device: torch.devi
 
 @torch.no_grad()
 def plain_eval(steps: int, data_root: Path, batch_size: int, device: torch.device) -> dict:
-    """The seed's evaluation loop: seeded noise, forward pass, MSE summed with ``loss.item()``."""
+    """The baseline's evaluation loop: seeded noise, forward pass, MSE summed with ``loss.item()``."""
     import torch.nn.functional as F
 
     model, _ = _plain_model(device)
@@ -235,7 +235,7 @@ def flop_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: 
 
 
 def flops_per_training_image() -> float:
-    """Forward + backward FLOPs of the seed model per image (counted, not estimated)."""
+    """Forward + backward FLOPs of the baseline model per image (counted, not estimated)."""
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -325,7 +325,7 @@ def main() -> None:
           f"{args.eval_short} and {args.eval_long}; dae {' '.join(config_args)} {args.dae_args}")
     print(f"FLOP peak (fp32 matmul 2048^2): {peak / 1e9:.1f} GFLOP/s"
           + (f"; bf16: {peak_bf16 / 1e9:.1f} GFLOP/s" if peak_bf16 else "")
-          + f"; seed model: {flops / 1e6:.2f} MFLOP per training image (forward + backward)")
+          + f"; baseline model: {flops / 1e6:.2f} MFLOP per training image (forward + backward)")
     print(f"{'':16} {'images/s':>10} {'ms/step':>8} {'of fp32 peak':>12} {'max RSS MiB':>11} {'GPU peak MiB':>12}"
           f" {'loss':>8}")
     for label, r in results.items():

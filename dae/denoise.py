@@ -51,7 +51,7 @@ def collect_jobs(inputs: Sequence[str | Path]) -> tuple[list[Job], list[str]]:
 
 
 def add_gaussian_noise(image: torch.Tensor, std: float, seed: int) -> torch.Tensor:
-    """``image + std * randn``, unclipped like the seed's training noise, from a generator seeded by ``seed``."""
+    """``image + std * randn``, unclipped like the baseline's training noise, from a generator seeded by ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return image + std * torch.randn(image.shape, generator=generator).to(image)
 
@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dae denoise",
         description="Denoise image files and folders (recursive) with a trained model. Images of any size; "
-        "a network with a fixed input size (the seed's 28x28) is run over overlapping tiles that are blended "
+        "a network with a fixed input size (the baseline's 28x28) is run over overlapping tiles that are blended "
         "back together. Outputs keep their names, format and bit depth (8-bit in, 8-bit out; 16-bit PNG in, "
         "16-bit PNG out).",
     )

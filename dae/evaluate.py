@@ -222,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="folder of the IDX files or images (default: the first checkpoint's)")
     parser.add_argument("--clip", action="store_true",
                         help="clip the noisy images to [0, 1], as stored images are (default: unclipped Gaussian "
-                        "noise, as in the seed's training and the denoising literature)")
+                        "noise, as in the baseline's training and the denoising literature)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test noise (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive(int), default=256, help="network batch size")
     parser.add_argument("-o", "--output", default="evaluation",

@@ -128,7 +128,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 def input_size(net: nn.Module) -> tuple[int, int] | None:
     """The (height, width) a network takes, from its ``input_size`` attribute; None: fully convolutional.
 
-    The rule is explicit on purpose: a net that only takes one size (the seed ``ConvAutoencoder``: 28x28)
+    The rule is explicit on purpose: a net that only takes one size (the baseline ``ConvAutoencoder``: 28x28)
     declares ``input_size`` and gets overlapping tiles; every other net gets the whole image.
     """
     size = getattr(net, "input_size", None)

@@ -145,7 +145,7 @@ class DenoisingModule(L.LightningModule):
     def _train_generator(self) -> torch.Generator:
         # Keyed by the training batch counter (micro-batches, across epochs): fresh noise for every batch, also
         # for each batch of a gradient-accumulation window, and a run resumed from a checkpoint (which holds the
-        # counter) draws exactly the noise the uninterrupted run would have drawn. The seed follows
+        # counter) draws exactly the noise the uninterrupted run would have drawn. The training seed follows
         # seed_everything and is checkpointed.
         if self.train_noise_seed is None:
             self.train_noise_seed = torch.initial_seed()

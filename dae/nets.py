@@ -1,6 +1,6 @@
 """The denoising networks: plain ``nn.Module`` s that map a noisy image batch to a clean one.
 
-``ConvAutoencoder`` is the seed (28x28 only); ``UNet`` and ``DnCNN`` are fully convolutional.
+``ConvAutoencoder`` is the baseline (28x28 only); ``UNet`` and ``DnCNN`` are fully convolutional.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _check_channels(in_channels: int, **sizes: int) -> None:
 
 
 class ConvAutoencoder(nn.Module):
-    """The seed convolutional autoencoder for 28x28 images (210,369 parameters at ``in_channels=1``).
+    """The baseline convolutional autoencoder for 28x28 images (210,369 parameters at ``in_channels=1``).
 
     The encoder squeezes a 28x28 image through two stride-2 convolutions to 7x7 and a 7x7 convolution to a
     64-number code; the decoder mirrors it and ends in a sigmoid, so outputs lie in [0, 1].

@@ -58,7 +58,7 @@ def tiny_trainer(tmp_path: Path):
 
 
 def fit_args(data_dir: Path, *extra: str) -> list[str]:
-    """Arguments for a short ``dae fit`` of the seed config on fixture data (run from a tmp cwd)."""
+    """Arguments for a short ``dae fit`` of the baseline config on fixture data (run from a tmp cwd)."""
     config = Path(__file__).resolve().parents[1] / "configs" / "mnist.yaml"
     return [
         "fit",

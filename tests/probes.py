@@ -31,7 +31,7 @@ class PauseAtStep(L.Callback):
 
 
 class NaNNet(ConvAutoencoder):
-    """The seed network, except that from its ``nan_from``-th training forward pass on it outputs NaN."""
+    """The baseline network, except that from its ``nan_from``-th training forward pass on it outputs NaN."""
 
     def __init__(self, in_channels: int = 1, nan_from: int = 1) -> None:
         super().__init__(in_channels)

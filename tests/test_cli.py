@@ -114,7 +114,7 @@ def test_blind_gaussian_range_is_given_in_yaml_or_on_the_command_line(tmp_path, 
     args = [f"--config={ROOT / 'configs' / 'mnist.yaml'}", f"--data.data_dir={tmp_path}"]
     cli = DaeCLI(args=[*args, "--model.noise.init_args.std=[0.1, 0.4]"], run=False)
     assert isinstance(cli.model.noise, GaussianNoise) and cli.model.noise.std == (0.1, 0.4)
-    assert DaeCLI(args=args, run=False).model.noise.std == 0.5  # the seed's single std still works
+    assert DaeCLI(args=args, run=False).model.noise.std == 0.5  # the baseline's single std still works
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_network_configs_build_their_network_and_noise(config, net_class, std, l
     monkeypatch.chdir(tmp_path)
     cli = DaeCLI(args=[f"--config={ROOT / 'configs' / config}", f"--data.init_args.data_dir={tmp_path}"], run=False)
     assert type(cli.model.net).__name__ == net_class
-    # Unclipped noise, the seed's and dae evaluate's default, and the cosine schedule the results were made with.
+    # Unclipped noise, the baseline's and dae evaluate's default, and the cosine schedule the results were made with.
     assert cli.model.noise.std == std and not cli.model.noise.clip
     assert cli.model.lr_schedule == "cosine" and cli.model.loss == loss
     assert cli.datamodule.dataset == "fashion_mnist"

@@ -95,7 +95,7 @@ def test_tile_option_runs_a_fully_convolutional_net_over_tiles_of_that_size():
 
 def test_denoise_command_tile_option(mnist_dir, trained_run, tmp_path, capsys, monkeypatch):
     write_image(tmp_path / "in" / "big.png", clean_gray(70, 90)[..., None])
-    with pytest.raises(SystemExit) as exit_info:  # the seed net has its own tile size
+    with pytest.raises(SystemExit) as exit_info:  # the baseline net has its own tile size
         main(["denoise", "--ckpt", str(trained_run), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--tile", "32"])
     assert exit_info.value.code == 2 and "--tile is for fully convolutional networks" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:

@@ -61,7 +61,7 @@ def test_evaluate_tables_noisy_input_both_checkpoints_and_baselines(two_checkpoi
     if HAVE_BASELINES:
         assert by["TV", "0.5"] > by["noisy input", "0.5"]
     assert data["settings"]["images"] == 4 and data["settings"]["dataset"] == "mnist"
-    assert data["settings"]["clip"] is False and "Gaussian noise unclipped" in out  # the seed's noise by default
+    assert data["settings"]["clip"] is False and "Gaussian noise unclipped" in out  # the baseline's noise by default
     assert data["settings"]["tune_images"] == (4 if HAVE_BASELINES else 0)
     assert [r["method"] for r in data["results"]] == [r["method"] for r in rows]
     assert rows[1]["params"].endswith(".ckpt")  # the network rows say which checkpoint file was used

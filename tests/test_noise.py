@@ -11,7 +11,7 @@ def test_gaussian_noise_statistics_match_std():
     diff = noisy - clean
     assert abs(diff.mean().item()) < 0.005
     assert diff.std().item() == pytest.approx(0.5, rel=0.01)
-    assert noisy.min() < 0 and noisy.max() > 1  # the seed does not clip
+    assert noisy.min() < 0 and noisy.max() > 1  # the baseline does not clip
 
 
 def test_gaussian_noise_clip_keeps_unit_range():
