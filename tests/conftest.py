@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -85,6 +86,13 @@ def trained_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     main(fit_args(mnist_dir, "--trainer.max_epochs=5", "--trainer.limit_train_batches=4", "--model.lr=0.003",
                   f"--trainer.logger.init_args.save_dir={root}", f"--trainer.default_root_dir={root}"))
     return root / "lightning_logs" / "version_0"
+
+
+def fake_rank(dm, rank: int, world_size: int = 2):
+    """Give a data module what its loaders read from a DDP trainer of ``world_size`` processes on the CPU."""
+    strategy = SimpleNamespace(broadcast=lambda x: x, root_device=torch.device("cpu"))
+    dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy)
+    return dm
 
 
 ROOT = Path(__file__).resolve().parents[1]

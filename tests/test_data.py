@@ -2,13 +2,13 @@ import gzip
 import shutil
 import zipfile
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from dae.data import DATASETS, MNISTDataModule, read_idx, split_sizes
+from tests.conftest import fake_rank
 from tests.idx import IMAGE_FILES, idx_bytes, write_emnist_files, write_mnist_files
 
 
@@ -226,13 +226,6 @@ def test_on_device_batches_cover_each_image_once_per_epoch_in_a_new_order(mnist_
         assert torch.equal(images.flatten(1).sort(0).values, train.flatten(1).sort(0).values)
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[0], train)
     assert torch.equal(torch.cat(_on_device_epoch(dm, dm.val_dataloader())), dm.val_set.images)  # fixed order
-
-
-def fake_rank(dm, rank: int, world_size: int = 2):
-    """Give ``dm`` what its loaders read from a DDP trainer of ``world_size`` processes on the CPU."""
-    strategy = SimpleNamespace(broadcast=lambda x: x, root_device=torch.device("cpu"))
-    dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy)
-    return dm
 
 
 def test_on_device_serves_the_same_batches_as_the_host_loader(mnist_dir):

@@ -1,7 +1,6 @@
 import shutil
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 from dae.image_folder import ImageFolderDataModule, decode_image
 from dae.module import DenoisingModule
 from dae.nets import ConvAutoencoder
+from tests.conftest import fake_rank
 from tests.idx import IMAGE_SIZE, synthetic_images, synthetic_rgb, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +37,6 @@ def pixels_by_split(dm, size: int = 28) -> dict[str, set[bytes]]:
     """Each split's images, as the bytes of their centre crops of side ``size``."""
     return {"train": all_pixels(centres(dm.train_set.images, size)),
             "val": all_pixels(centres(dm.val_set.images, size)), "test": all_pixels(centres(dm.test_set.images, size))}
-
-
-def fake_rank(dm, rank: int, world_size: int = 2):
-    """Give ``dm`` what its loaders read from a DDP trainer of ``world_size`` processes on the CPU."""
-    strategy = SimpleNamespace(broadcast=lambda x: x, root_device=torch.device("cpu"))
-    dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy)
-    return dm
 
 
 def test_decode_converts_between_gray_and_rgb_and_scales_16_bit(tmp_path):
