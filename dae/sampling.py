@@ -65,7 +65,9 @@ class DeviceBatchSampler(EpochShuffleSampler):
 
     def __iter__(self) -> Iterator[Tensor]:  # type: ignore[override]
         indices = torch.tensor(list(super().__iter__()), dtype=torch.long)
-        yield from indices.to(self.device).split(self.batch_size)
+        if self.device.type == "cuda":
+            indices = indices.pin_memory()  # a copy from pinned memory does not wait for the GPU
+        yield from indices.to(self.device, non_blocking=True).split(self.batch_size)
 
 
 class ResumableDataLoader(DataLoader):
