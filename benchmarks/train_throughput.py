@@ -74,7 +74,8 @@ def _endless(loader):
 
 
 def plain_train(steps: int, data_root: Path, batch_size: int, device: torch.device) -> dict:
-    """The baseline's hand-written training loop, stopped after ``steps`` steps; returns the mean loss of the last 50."""
+    """The baseline's hand-written training loop, stopped after ``steps`` steps; returns the mean loss of the
+    last 50."""
     import torch.nn.functional as F
 
     torch.manual_seed(0)

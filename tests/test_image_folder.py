@@ -239,7 +239,7 @@ def test_bad_arguments_are_refused(image_dir, kwargs, match):
 
 
 def test_a_split_that_gets_no_image_is_refused(image_dir):
-    with pytest.raises(ValueError, match=r"no image of the 30 usable ones .* falls into the val split.*raise val_split"):
+    with pytest.raises(ValueError, match=r"no image of the 30 usable .* falls into the val split.*raise val_split"):
         make_dm(image_dir, val_split=0.001).setup()
 
 
