@@ -78,6 +78,7 @@ def test_unreadable_idx_file_is_named_before_training(kind, corruption, message,
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_resuming_a_different_architecture_is_refused_before_training(mnist_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(fit_args(mnist_dir, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1")) == 0
@@ -93,6 +94,7 @@ def test_resuming_a_different_architecture_is_refused_before_training(mnist_dir,
     assert ckpt.read_bytes() == before  # nothing trained, nothing overwritten
 
 
+@pytest.mark.slow
 def test_the_console_shows_a_short_message_not_a_traceback(mnist_dir, tmp_path):
     code, out = run_dae(tmp_path, fit_args(mnist_dir, "--model.lr=-1"))
     assert code == 2

@@ -18,7 +18,7 @@ def _images(n: int, seed: int) -> torch.Tensor:
 
 
 @needs_baselines
-@pytest.mark.parametrize("name", list(BASELINES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "BM3D" else n for n in BASELINES])
 def test_each_tuned_baseline_removes_noise(name):
     clean_val, clean_test = _images(6, seed=3), _images(4, seed=4)
     method = BaselineMethod(BASELINES[name], clean_val, seed=1, clip=True)

@@ -22,6 +22,7 @@ def fitted_run(mnist_dir, tmp_path, monkeypatch):
     return tmp_path / "lightning_logs" / "version_0"
 
 
+@pytest.mark.slow
 def test_fit_leaves_a_self_describing_run_folder(fitted_run):
     names = {p.name for p in fitted_run.iterdir()}
     assert {"config.yaml", "hparams.yaml", "loss.png", "checkpoints"} <= names
@@ -33,6 +34,7 @@ def test_fit_leaves_a_self_describing_run_folder(fitted_run):
     assert saved["model"]["noise"]["init_args"]["std"] == 0.5
 
 
+@pytest.mark.slow
 def test_event_file_holds_scalars_and_image_grid(fitted_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -48,6 +50,7 @@ def test_event_file_holds_scalars_and_image_grid(fitted_run):
     assert image.height == 3 * 30 + 2
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_plain_data_hparams(fitted_run):
     ckpt = torch.load(fitted_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
@@ -56,6 +59,7 @@ def test_checkpoint_holds_plain_data_hparams(fitted_run):
     assert ckpt["global_step"] == 6
 
 
+@pytest.mark.slow
 def test_resume_from_last_checkpoint_continues_step_count(fitted_run, mnist_dir):
     last = fitted_run / "checkpoints" / "last.ckpt"
     main(fit_args(mnist_dir, "--trainer.max_epochs=3", f"--ckpt_path={last}"))
@@ -66,6 +70,7 @@ def test_resume_from_last_checkpoint_continues_step_count(fitted_run, mnist_dir)
     assert min(steps) >= 6  # the step count went on from 6, it did not restart at 0
 
 
+@pytest.mark.slow
 def test_test_command_reports_test_metrics(fitted_run, mnist_dir, capsys):
     from dae.cli import DaeCLI
 
@@ -79,6 +84,7 @@ def test_test_command_reports_test_metrics(fitted_run, mnist_dir, capsys):
     assert "test/psnr" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_plot_command_redraws_loss_png(fitted_run, capsys):
     (fitted_run / "loss.png").unlink()
     assert main(["plot", str(fitted_run)]) == 0
@@ -88,7 +94,7 @@ def test_plot_command_redraws_loss_png(fitted_run, capsys):
     assert err.value.code == 2 and "no such run folder" in capsys.readouterr().err
 
 
-def test_mnist_config_holds_exactly_the_seed():
+def test_mnist_config_holds_exactly_the_baseline():
     cfg = yaml.safe_load((ROOT / "configs" / "mnist.yaml").read_text())
     assert cfg["trainer"]["max_epochs"] == 10
     model = cfg["model"]
@@ -99,7 +105,7 @@ def test_mnist_config_holds_exactly_the_seed():
     assert data["dataset"] == "mnist" and data["batch_size"] == 64 and data["val_split"] == 5000
 
 
-def test_print_config_shows_the_seed_defaults(capsys):
+def test_print_config_shows_the_baseline_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["fit", f"--config={ROOT / 'configs' / 'mnist.yaml'}", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -134,6 +140,7 @@ def test_network_configs_build_their_network_and_noise(config, net_class, std, l
     assert cli.datamodule.dataset == "fashion_mnist"
 
 
+@pytest.mark.slow
 def test_predict_writes_denoised_pngs_of_the_test_split_into_the_run_folder(trained_run, mnist_dir, tmp_path):
     import shutil
 
@@ -168,6 +175,7 @@ def test_default_progress_bar_is_tqdm_redrawn_every_20_steps_and_configurable(mn
     assert DaeCLI(args=bar_off, run=False).trainer.progress_bar_callback is None
 
 
+@pytest.mark.slow
 def test_on_device_fit_runs(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(fit_args(mnist_dir, "--data.on_device=true", "--trainer.max_epochs=1"))
@@ -175,6 +183,7 @@ def test_on_device_fit_runs(mnist_dir, tmp_path, monkeypatch):
     assert ckpt["global_step"] == 3
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_losses_and_another_seed_does_not(mnist_dir, tmp_path, monkeypatch):
     def train_losses(folder: str, *extra: str) -> list[tuple[int, float]]:
         (tmp_path / folder).mkdir()

@@ -11,6 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dae.callbacks import read_scalars
 from tests.conftest import ROOT, fit_args, run_dae
 
+pytestmark = pytest.mark.slow  # every test here shares one real training run
+
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)

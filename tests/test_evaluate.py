@@ -39,6 +39,7 @@ def _run(args: list[str], capsys) -> tuple[str, list[dict], dict]:
     return out, rows, json.loads(prefix.with_suffix(".json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_tables_noisy_input_both_checkpoints_and_baselines(two_checkpoints, tmp_path, capsys):
     out, rows, data = _run([*map(str, two_checkpoints), "--std", "0.1", "0.5", "--limit", "4", "--tune-limit", "4",
                             "-o", str(tmp_path / "eval")], capsys)
@@ -67,6 +68,7 @@ def test_evaluate_tables_noisy_input_both_checkpoints_and_baselines(two_checkpoi
     assert rows[1]["params"].endswith(".ckpt")  # the network rows say which checkpoint file was used
 
 
+@pytest.mark.slow
 def test_two_checkpoints_of_one_setup_get_distinct_names(two_checkpoints, tmp_path, capsys):
     run = str(two_checkpoints[0])
     out, rows, data = _run([run, run, "--std", "0.5", "--limit", "2", "--baselines", "--clip", "-o", str(tmp_path / "e")],
@@ -77,6 +79,7 @@ def test_two_checkpoints_of_one_setup_get_distinct_names(two_checkpoints, tmp_pa
     assert all(f"| {n} |" in out for n in names)
 
 
+@pytest.mark.slow
 def test_evaluate_without_the_baselines_extra_gives_a_notice(two_checkpoints, tmp_path, capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -99,6 +102,7 @@ def image_folder_run(image_dir, tmp_path_factory) -> Path:
     return root / "lightning_logs" / "version_0"
 
 
+@pytest.mark.slow
 def test_evaluate_scores_an_image_folder_checkpoint_on_its_own_test_images(image_folder_run, image_dir, tmp_path,
                                                                           capsys):
     out, rows, data = _run([str(image_folder_run), "--std", "0.2", "--baselines", "-o", str(tmp_path / "e")], capsys)

@@ -12,6 +12,7 @@ from dae.inference import load_model
 from dae.nets import DnCNN
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch_for_any_batch_size(trained_run, tmp_path, capsys):
     import onnxruntime
 
@@ -36,6 +37,7 @@ def test_torchscript_export_matches_pytorch_without_dae_code(trained_run, tmp_pa
     torch.testing.assert_close(scripted(batch), net(batch), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_fully_convolutional_net_exports_at_the_chosen_size(tmp_path, fmt):
     net = DnCNN(depth=4, width=8).eval()

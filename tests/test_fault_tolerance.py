@@ -124,6 +124,7 @@ def test_resume_mid_epoch_with_gradient_accumulation_equals_uninterrupted_run(mn
     assert_same_run(killed, reference, total_steps=6)
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_without_any_run_starts_fresh(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(fit_args(mnist_dir, "--trainer.max_epochs=1", "--ckpt_path=last")) == 0

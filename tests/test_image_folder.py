@@ -249,6 +249,7 @@ def test_network_with_other_channel_count_is_refused_before_training(image_dir, 
         tiny_trainer().fit(module, make_dm(image_dir, channels=3))
 
 
+@pytest.mark.slow
 def test_fit_on_rgb_pngs_follows_the_data_channels(image_dir, tmp_path, monkeypatch):
     from dae.callbacks import read_scalars
     from dae.cli import main

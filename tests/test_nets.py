@@ -4,7 +4,7 @@ import torch
 from dae.nets import ConvAutoencoder, DnCNN, UNet
 
 
-def test_seed_autoencoder_has_the_seed_architecture():
+def test_baseline_autoencoder_has_the_baseline_architecture():
     net = ConvAutoencoder()
     assert sum(p.numel() for p in net.parameters()) == 210_369
     layers = [type(m).__name__ for m in net.modules() if not isinstance(m, (torch.nn.Sequential, ConvAutoencoder))]
@@ -17,7 +17,7 @@ def test_seed_autoencoder_has_the_seed_architecture():
     assert net.decoder[4].output_padding == (1, 1)
 
 
-def test_seed_autoencoder_maps_28x28_to_28x28_in_unit_range():
+def test_baseline_autoencoder_maps_28x28_to_28x28_in_unit_range():
     net = ConvAutoencoder()
     x = torch.randn(5, 1, 28, 28)
     y = net(x)
@@ -26,7 +26,7 @@ def test_seed_autoencoder_maps_28x28_to_28x28_in_unit_range():
     assert y.min() >= 0 and y.max() <= 1
 
 
-def test_seed_autoencoder_follows_channel_count():
+def test_baseline_autoencoder_follows_channel_count():
     net = ConvAutoencoder(in_channels=3)
     assert net(torch.rand(2, 3, 28, 28)).shape == (2, 3, 28, 28)
 

@@ -17,6 +17,8 @@ from dae.callbacks import read_scalars
 from dae.cli import main
 from tests.conftest import fit_args
 
+pytestmark = pytest.mark.slow  # every test here shares one real training run
+
 
 def free_port() -> int:
     with socket.socket() as s:
