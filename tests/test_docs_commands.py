@@ -1,10 +1,11 @@
 """Every ``dae ...`` command in the code blocks of README.md and docs/*.md parses as written.
 
-Trainer commands (fit, validate, test, predict) are parsed with ``--print_config`` appended, which resolves and
-checks every config file and option without building anything. The other commands (plot, evaluate, denoise,
-export) are parsed by their own argument parsers and stopped before they run. Python blocks that start with a
-file-name comment (``# mypkg/nets.py``) are written to that path first, so documented code that a command
-imports is importable.
+The commands run in a folder laid out as after ``make train``: configs/ and a trained run (on fixture data)
+in lightning_logs/version_0. Trainer commands (fit, validate, test, predict) are parsed with
+``--print_config`` appended, which resolves and checks every config file and option without building
+anything. The other commands (plot, evaluate, denoise, export) are parsed by their own argument parsers and
+stopped before they run. Python blocks that start with a file-name comment (``# mypkg/nets.py``) are written
+to that path first, so documented code that a command imports is importable.
 """
 
 from __future__ import annotations
@@ -51,16 +52,21 @@ def code_blocks(page: Path) -> list[Block]:
     return blocks
 
 
+# What may stand right before the dae program in a shell line: a prompt, a launcher, python's -m.
+LAUNCHERS = ("$", "-m", "srun", "time", "exec")
+
+
 def dae_command(line: str) -> list[str] | None:
     """The arguments after ``dae`` in a shell line that runs it (``dae``, ``.venv/bin/dae``, ``-m dae``,
-    after ``srun`` or a ``$`` prompt), or None."""
+    after ``srun``, a ``$`` prompt or ``VAR=value``), or None; prose that names dae is not a command."""
     try:
         tokens = shlex.split(line, comments=True)
     except ValueError:
         return None
     for i, token in enumerate(tokens):
         if (token == "dae" or token.endswith("/dae")) and i + 1 < len(tokens):
-            if tokens[i + 1] in (*TRAINER_COMMANDS, *COMMANDS):
+            runs_it = i == 0 or tokens[i - 1] in LAUNCHERS or "=" in tokens[i - 1]
+            if runs_it and tokens[i + 1] in (*TRAINER_COMMANDS, *COMMANDS):
                 return tokens[i + 1:]
     return None
 
@@ -112,6 +118,16 @@ COMMANDS_FOUND = documented_commands()
 
 
 @pytest.fixture(scope="module")
+def workdir(trained_run, tmp_path_factory):
+    """A working folder as after ``make train``: configs/ and a trained run in lightning_logs/version_0
+    (fixture data), so that commands naming the run's config.yaml or checkpoints find them."""
+    folder = tmp_path_factory.mktemp("workdir")
+    (folder / "configs").symlink_to(ROOT / "configs")
+    (folder / "lightning_logs").symlink_to(trained_run.parent)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def documented_code(tmp_path_factory):
     """The documented Python files, importable while the commands are parsed."""
     folder = tmp_path_factory.mktemp("documented_code")
@@ -144,8 +160,8 @@ def stop_after(parse):
 def check_parses(args: list[str], monkeypatch, capsys) -> None:
     """Fail with the parser's message unless ``dae ARGS`` parses."""
     if args[0] in TRAINER_COMMANDS:
-        missing = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config" and not (ROOT / args[i + 1]).is_file()]
-        assert not missing, f"config file(s) {', '.join(missing)} do not exist in configs/"
+        missing = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config" and not Path(args[i + 1]).is_file()]
+        assert not missing, f"config file(s) {', '.join(missing)} do not exist"
         with pytest.raises(SystemExit) as exit_info:
             main([*args, "--print_config"])
     else:
@@ -158,6 +174,12 @@ def check_parses(args: list[str], monkeypatch, capsys) -> None:
     assert exit_info.value.code in (0, None), capsys.readouterr().err.strip().splitlines()[-1:]
 
 
+def test_prose_that_names_dae_is_not_a_command():
+    assert dae_command("dae/denoise.py   the dae denoise command: files in, files out") is None
+    assert dae_command("srun .venv/bin/dae fit --config configs/mnist.yaml") == ["fit", "--config", "configs/mnist.yaml"]
+    assert dae_command("torchrun --nnodes 2 -m dae fit --config c.yaml") == ["fit", "--config", "c.yaml"]
+
+
 def test_the_pages_document_every_kind_of_command():
     kinds = {c.args[0] for c in COMMANDS_FOUND}
     assert {"fit", "test", "validate", "predict", "evaluate", "denoise", "export", "plot"} <= kinds, kinds
@@ -165,8 +187,8 @@ def test_the_pages_document_every_kind_of_command():
 
 
 @pytest.mark.parametrize("command", COMMANDS_FOUND, ids=str)
-def test_documented_command_parses(command, documented_code, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)  # commands name configs relative to the repository root
+def test_documented_command_parses(command, workdir, documented_code, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
     check_parses(list(command.args), monkeypatch, capsys)
 
 
@@ -176,8 +198,9 @@ def test_documented_command_parses(command, documented_code, monkeypatch, capsys
     ["evaluate", "RUN", "--std", "high"],
     ["denoise", "--ckpt", "RUN", "photo.png"],  # -o is required
     ["export", "--ckpt", "RUN", "--format", "gif", "-o", "x"],
+    ["test", "--config", "lightning_logs/version_9/config.yaml"],
 ])
-def test_a_command_that_does_not_parse_is_caught(args, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
+def test_a_command_that_does_not_parse_is_caught(args, workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
     with pytest.raises(AssertionError):
         check_parses(args, monkeypatch, capsys)
