@@ -194,10 +194,11 @@ class DaeCLI(LightningCLI):
         best = next((cb.best_model_path for cb in self.trainer.checkpoint_callbacks
                      if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path), None)
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        if self.trainer.is_global_zero and results and self.trainer.log_dir is not None:
+        log_dir = self.trainer.log_dir  # on every rank: under DDP this is a collective call
+        if self.trainer.is_global_zero and results and log_dir is not None:
             metrics = dict(sorted(results[0].items()))
-            write_test_metrics(self.trainer.log_dir, metrics, best)
-            print(run_summary(self.trainer.log_dir, metrics, best))
+            write_test_metrics(log_dir, metrics, best)
+            print(run_summary(log_dir, metrics, best))
 
 
 _DESCRIPTION = (
