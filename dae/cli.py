@@ -12,7 +12,7 @@ from typing import Callable, NoReturn, Sequence
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
@@ -30,11 +30,12 @@ from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
 from dae.export import export_command
 from dae.module import DenoisingModule
+from dae.report import run_summary, write_test_metrics
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "class_path": "dae.loggers.RunTensorBoardLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
     "plugins": [{"class_path": "dae.checkpointing.AtomicCheckpointIO"}],
@@ -74,6 +75,31 @@ def continue_latest_run(config: Namespace) -> None:
     lasts = list(root.glob(f"*/checkpoints/{LAST_NAME}"))
     if lasts:
         init.version = max(lasts, key=lambda p: p.stat().st_mtime).parent.parent.name
+
+
+def log_into_checkpoint_run(config: Namespace) -> None:
+    """``dae validate/test/predict --ckpt_path RUN/checkpoints/X.ckpt`` log into RUN, so that its TensorBoard
+    shows the new numbers beside the training curves, instead of into a new version folder. Only when no
+    logger version is given and the checkpoint lies in a run folder's ``checkpoints/``."""
+    init = getattr(config.trainer.logger, "init_args", None)
+    ckpt_path = config.get("ckpt_path")
+    if init is None or init.get("version") is not None or ckpt_path is None:
+        return
+    ckpt = Path(ckpt_path)
+    if ckpt.parent.name != "checkpoints" or not ckpt.is_file():
+        return
+    run = ckpt.absolute().parent.parent
+    init.save_dir, init.name, init.version = str(run.parent), "", run.name
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Saves the command's config as ``config.yaml`` in the run folder, except over a run's own config from
+    another command: ``dae test`` logging into a trained run leaves the training config in place."""
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        if stage != "fit" and (Path(trainer.log_dir or ".") / self.config_filename).is_file():
+            return
+        super().setup(trainer, pl_module, stage)
 
 
 # Options that take a class, and the module whose classes they are usually chosen from.
@@ -119,6 +145,7 @@ class DaeCLI(LightningCLI):
             InMemoryDataModule,  # any of its subclasses, by class_path: MNISTDataModule, ImageFolderDataModule
             subclass_mode_data=True,
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": default_callbacks()},
+            save_config_callback=RunConfigCallback,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "dae", "description": _DESCRIPTION},
             parser_class=DaeArgumentParser,
@@ -135,6 +162,9 @@ class DaeCLI(LightningCLI):
         # folders), whatever the config says, so the two cannot disagree. Every dae network takes in_channels.
         parser.link_arguments("data.channels", "model.net.init_args.in_channels", apply_on="instantiate")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="dae fit: when training ends, score the test split with the best checkpoint, "
+                                 "log the numbers into the run and print them (other commands ignore it)")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer with the config's callbacks, the progress bar among them unless the bar is switched off."""
@@ -152,6 +182,23 @@ class DaeCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         if self.subcommand == "fit":
             continue_latest_run(config)
+        elif self.subcommand in ("validate", "test", "predict"):
+            log_into_checkpoint_run(config)
+
+    def after_fit(self) -> None:
+        """With ``test_after_fit`` (the default): score the test split with the best checkpoint by val/loss (the
+        final weights when there is none), log the numbers into the run, write them to ``test_metrics.json``
+        there and print them with the run folder and the command that opens it in TensorBoard."""
+        if not self.config[self.subcommand].get("test_after_fit") or self.trainer.interrupted:
+            return
+        best = next((cb.best_model_path for cb in self.trainer.checkpoint_callbacks
+                     if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path), None)
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        log_dir = self.trainer.log_dir  # on every rank: under DDP this is a collective call
+        if self.trainer.is_global_zero and results and log_dir is not None:
+            metrics = dict(sorted(results[0].items()))
+            write_test_metrics(log_dir, metrics, best)
+            print(run_summary(log_dir, metrics, best))
 
 
 _DESCRIPTION = (

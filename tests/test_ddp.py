@@ -49,7 +49,10 @@ def test_one_run_folder_one_set_of_checkpoints_grids_and_plot(ddp_run):
     assert ckpts == ["best-epoch01-step4.ckpt", "last.ckpt"]
     assert (run / "loss.png").exists()
     events = list(run.glob("events.out.tfevents.*"))
-    assert len(events) == 1  # only rank 0 logs
+    # Only rank 0 logs: every event file (training's, and the test's after it) is from one process,
+    # whose id TensorBoard puts in the name (events.out.tfevents.TIME.HOST.PID.N).
+    assert len({e.name.split(".")[-2] for e in events}) == 1, [e.name for e in events]
+    assert (run / "test_metrics.json").exists()  # the test after fit ran under DDP and rank 0 wrote it
     acc = EventAccumulator(str(run), size_guidance={"images": 0})
     acc.Reload()
     assert len(acc.Images("val/images")) == 2  # one grid per epoch, not one per rank

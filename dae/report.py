@@ -1,0 +1,66 @@
+"""What a finished run tells its user: the test numbers (also as ``test_metrics.json`` in the run folder) and
+how to open the run in TensorBoard with its loss and PSNR curves on top."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Mapping
+
+TEST_METRICS_NAME = "test_metrics.json"
+# Cards pinned above all others by the printed TensorBoard link (TensorBoard reads pins from the URL).
+PINNED_TAGS = ("train/loss", "val/loss", "val/psnr", "test/psnr")
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the working folder when it lies below it, else absolute; quoted for a shell."""
+    path = Path(path).absolute()
+    try:
+        path = path.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return shlex.quote(str(path))
+
+
+def tensorboard_command(run_dir: str | os.PathLike) -> str:
+    """The command that serves ``run_dir`` in TensorBoard: the ``tensorboard`` installed beside this Python."""
+    executable = Path(sys.executable).with_name("tensorboard")
+    program = shown_path(executable) if executable.is_file() else "tensorboard"
+    return f"{program} --logdir {shown_path(run_dir)}"
+
+
+def tensorboard_url(port: int = 6006) -> str:
+    """The TensorBoard address that opens with the run's loss and PSNR curves pinned on top."""
+    pins = json.dumps([{"plugin": "scalars", "tag": tag} for tag in PINNED_TAGS], separators=(",", ":"))
+    return f"http://localhost:{port}/?pinnedCards={urllib.parse.quote(pins)}#timeseries"
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """``test/psnr 20.12 dB, test/ssim 0.8731, ...``: PSNRs in dB with two decimals, the rest to four."""
+    return ", ".join(f"{name} {value:.2f} dB" if "psnr" in name else f"{name} {value:.4f}"
+                     for name, value in metrics.items())
+
+
+def write_test_metrics(run_dir: str | os.PathLike, metrics: Mapping[str, float], checkpoint: str | None) -> Path:
+    """Write ``test_metrics.json`` (the checkpoint scored, relative to the run folder, and its test metrics)."""
+    run_dir = Path(run_dir)
+    if checkpoint is not None and Path(checkpoint).absolute().is_relative_to(run_dir.absolute()):
+        checkpoint = str(Path(checkpoint).absolute().relative_to(run_dir.absolute()))
+    out = run_dir / TEST_METRICS_NAME
+    out.write_text(json.dumps({"checkpoint": checkpoint, **{k: float(v) for k, v in metrics.items()}}, indent=2) + "\n")
+    return out
+
+
+def run_summary(run_dir: str | os.PathLike, metrics: Mapping[str, float], checkpoint: str | None) -> str:
+    """The lines printed when ``dae fit`` ends: the test numbers, the run folder and how to look at it."""
+    scored = f"checkpoint {Path(checkpoint).name}" if checkpoint else "final weights (no best checkpoint)"
+    return "\n".join([
+        f"Test split, {scored}: {format_metrics(metrics)}",
+        f"Run folder: {shown_path(run_dir)} (test numbers in {TEST_METRICS_NAME})",
+        f"TensorBoard: {tensorboard_command(run_dir)}",
+        f"  then open {tensorboard_url()}",
+    ])
