@@ -9,71 +9,65 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
+import yaml
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from dae.callbacks import (
-    ImageGridCallback,
-    LossPlotCallback,
-    NonFiniteLossStop,
-    PredictionImageWriter,
-    TensorBoardRunCallback,
-    write_loss_plot,
-)
-from dae.checkpointing import LAST_NAME, LastCheckpoint
+from dae.callbacks import write_loss_plot
+from dae.checkpointing import DISK_FULL
 from dae.data import InMemoryDataModule
 from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
 from dae.export import export_command
 from dae.module import DenoisingModule
+from dae.runs import RunLock, choose_run, matching_run, version_folder
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "class_path": "dae.loggers.RunLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
     "plugins": [{"class_path": "dae.checkpointing.AtomicCheckpointIO"}],
 }
 
+# Unmonitored, keeping one file named last.ckpt (never last-v1.ckpt beside an older one): the latest state.
+_LAST = {"filename": "last", "enable_version_counter": False}
 
-def default_callbacks() -> list:
-    """Callbacks every run gets: the best checkpoint (by val/loss), image grids, loss.png, TensorBoard
-    hparams and restarts, the stop on a non-finite loss, and ``dae predict``'s denoised PNGs.
+# The callbacks every run gets, each a config section of its own (in --print_config and config.yaml): change one
+# with --SECTION.ARG VALUE (--last_checkpoint.every_n_train_steps 100), swap its class with --SECTION CLASS, remove
+# it with --SECTION null. Further callbacks go into trainer.callbacks (--trainer.callbacks+=CLASS).
+DEFAULT_CALLBACKS = {
+    # Best by val/loss, right after validation, so that last.ckpt (written at the epoch's end) records it.
+    "best_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", {
+        "monitor": "val/loss", "mode": "min", "filename": "best-epoch{epoch:02d}-step{step}",
+        "auto_insert_metric_name": False, "save_on_train_epoch_end": False}),
+    # last.ckpt every N optimizer steps (0: none within an epoch), for resuming mid-epoch ...
+    "last_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", {"every_n_train_steps": 500, **_LAST}),
+    # ... and at the end of each epoch, after validation ...
+    "epoch_end_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", _LAST),
+    # ... and when SIGTERM stops training.
+    "sigterm_checkpoint": ("dae.checkpointing.SigtermCheckpoint", {}),
+    "lr_monitor": ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
+    "image_grid": ("dae.callbacks.ImageGridCallback", {}),
+    "loss_plot": ("dae.callbacks.LossPlotCallback", {}),
+    "tensorboard_run": ("dae.callbacks.TensorBoardRunCallback", {}),
+    "non_finite_loss_stop": ("dae.callbacks.NonFiniteLossStop", {}),
+    "prediction_writer": ("dae.callbacks.PredictionImageWriter", {}),
+    # Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
+    # metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
+    # tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
+    "progress_bar": ("lightning.pytorch.callbacks.TQDMProgressBar", {"refresh_rate": 20}),
+}
 
-    ``last.ckpt`` comes from ``LastCheckpoint``, which the CLI exposes as ``last_checkpoint.*``.
-    """
-    return [
-        ModelCheckpoint(
-            monitor="val/loss",
-            mode="min",
-            filename="best-epoch{epoch:02d}-step{step}",
-            auto_insert_metric_name=False,
-            # Right after validation, so that last.ckpt (written at the epoch's end) records this epoch's best.
-            save_on_train_epoch_end=False,
-        ),
-        ImageGridCallback(),
-        LossPlotCallback(),
-        TensorBoardRunCallback(),
-        NonFiniteLossStop(),
-        PredictionImageWriter(),
-    ]
 
-
-def continue_latest_run(config: Namespace) -> None:
-    """With ``--ckpt_path last`` and no fixed logger version, log into the newest run folder that has a
-    ``last.ckpt``, so that Lightning finds that file and the resumed run goes on in the same folder."""
-    init = getattr(config.trainer.logger, "init_args", None)
-    if config.get("ckpt_path") != "last" or init is None or init.get("version") is not None:
-        return
-    root = Path(init.get("save_dir") or ".") / str(init.get("name") or "")
-    lasts = list(root.glob(f"*/checkpoints/{LAST_NAME}"))
-    if lasts:
-        init.version = max(lasts, key=lambda p: p.stat().st_mtime).parent.parent.name
+def class_config(class_path: str, init_args: dict) -> dict:
+    return {"class_path": class_path, "init_args": dict(init_args)}
 
 
 # Options that take a class, and the module whose classes they are usually chosen from.
@@ -101,49 +95,46 @@ class DaeArgumentParser(LightningArgumentParser):
         super().error(message, ex)
 
 
-# Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
-# metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
-# tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
-PROGRESS_BAR_DEFAULT = {
-    "class_path": "lightning.pytorch.callbacks.TQDMProgressBar",
-    "init_args": {"refresh_rate": 20},
-}
-
-
 class DaeCLI(LightningCLI):
     """LightningCLI with dae's defaults: run folders in lightning_logs/, checkpoints, image grids, loss.png."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
-        super().__init__(
-            DenoisingModule,
-            InMemoryDataModule,  # any of its subclasses, by class_path: MNISTDataModule, ImageFolderDataModule
-            subclass_mode_data=True,
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": default_callbacks()},
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "dae", "description": _DESCRIPTION},
-            parser_class=DaeArgumentParser,
-            args=args,
-            **kwargs,
-        )
+        self.run_lock: RunLock | None = None
+        self.chosen_version = False
+        try:
+            super().__init__(
+                DenoisingModule,
+                InMemoryDataModule,  # any of its subclasses, by class_path: MNISTDataModule, ImageFolderDataModule
+                subclass_mode_data=True,
+                trainer_defaults=TRAINER_DEFAULTS,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"prog": "dae", "description": _DESCRIPTION},
+                parser_class=DaeArgumentParser,
+                args=args,
+                **kwargs,
+            )
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The bar is a config section of its own (progress_bar: class_path/init_args), e.g.
-        # --progress_bar.refresh_rate 100, or --progress_bar RichProgressBar.
-        parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True)
-        parser.set_defaults({"progress_bar": PROGRESS_BAR_DEFAULT})
+        for key, (class_path, init_args) in DEFAULT_CALLBACKS.items():
+            base = ProgressBar if key == "progress_bar" else Callback
+            parser.add_subclass_arguments(base, key, required=False, fail_untyped=False)
+            parser.set_defaults({key: class_config(class_path, init_args)})
         # The network's channel count follows the data (1 for MNIST-format sets, data.channels for image
         # folders), whatever the config says, so the two cannot disagree. Every dae network takes in_channels.
         parser.link_arguments("data.channels", "model.net.init_args.in_channels", apply_on="instantiate")
-        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """The Trainer with the config's callbacks, the progress bar among them unless the bar is switched off."""
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if config.get("enable_progress_bar") is False:
-            # --trainer.enable_progress_bar false switches the configured bar off (Lightning refuses both at once).
+        """The Trainer with trainer.callbacks and the default callbacks' sections, the progress bar among them
+        unless --trainer.enable_progress_bar false switches it off (Lightning refuses both at once)."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = [*(config.trainer.get("callbacks") or []), *(config.get(key) for key in DEFAULT_CALLBACKS)]
+        callbacks = [c for c in callbacks if c is not None]
+        if config.trainer.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        return self._instantiate_trainer(config, callbacks)
+        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -151,7 +142,34 @@ class DaeCLI(LightningCLI):
         if ckpt_path not in (None, "last", "best", "hpc") and "://" not in ckpt_path and not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         if self.subcommand == "fit":
-            continue_latest_run(config)
+            self.choose_run_folder(config)
+
+    def choose_run_folder(self, config: Namespace) -> None:
+        """Pick (and lock) the run folder of this fit: see ``dae.runs`` for the rule."""
+        init = getattr(config.trainer.get("logger"), "init_args", None)
+        if init is None or "version" not in init:
+            return  # no logger, or one without run folders: Lightning's own behaviour
+        root = Path(init.get("save_dir") or config.trainer.get("default_root_dir") or ".") / str(init.get("name") or "")
+        current = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))[self.subcommand]
+        resume = config.get("ckpt_path") == "last"
+        if rank_zero_only.rank != 0:
+            # The job's other processes (DDP) resume what the first resumes; a new run's folder reaches them by
+            # Lightning's broadcast of the log dir.
+            if resume and init.get("version") is None and (found := matching_run(root, current)) is not None:
+                init.version = found
+            return
+        version, _ = choose_run(root, init.get("version"), resume, current)
+        self.run_lock = RunLock(root / version_folder(version))
+        self.run_lock.acquire()
+        if init.get("version") is None:
+            init.version = version
+            self.chosen_version = True
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self.chosen_version:
+            # config.yaml keeps the version unset, so that dae fit --config RUN/config.yaml starts a new run.
+            self.config[self.subcommand].trainer.logger.init_args.version = None
 
 
 _DESCRIPTION = (
@@ -208,8 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args[0]](args[1:])
     try:
         DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
-    except SIGTERMException:  # stopped on request after saving last.ckpt (see LastCheckpoint)
+    except SIGTERMException:  # stopped on request after saving last.ckpt (see SigtermCheckpoint)
         return 128 + signal.SIGTERM
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        # A full disk: one line that says where (DiskFullError also says what to free); the files written
+        # before are complete.
+        print(f"dae {args[0] if args else ''}: error: {e.strerror if e.filename is None else e}", file=sys.stderr)
+        return 1
     except USER_ERRORS as e:
         if (cause := user_error(e)) is None:
             raise

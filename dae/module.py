@@ -166,8 +166,6 @@ class DenoisingModule(L.LightningModule):
         loss = F.mse_loss(denoised, clean)
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-            if self.lr_schedule != "constant":  # a constant rate is in hparams; keep the seed's step as lean as it was
-                self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])  # the rate this step used
             self.train_loss.update(loss.detach())  # logged once per epoch, in on_train_epoch_end
             if self.loss == "psnr":
                 loss = self._psnr_loss(denoised, clean)  # what is minimised; the MSE stays what is logged
@@ -233,4 +231,4 @@ class DenoisingModule(L.LightningModule):
             )
         # Stepped every optimizer step (not every epoch), so that a run resumed mid-epoch goes on exactly.
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(total_steps), 1))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
