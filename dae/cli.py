@@ -14,7 +14,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
@@ -25,7 +25,7 @@ from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
 from dae.export import export_command
 from dae.module import DenoisingModule
-from dae.runs import RunLock, choose_run, matching_run, version_folder
+from dae.runs import IGNORED, RunLock, choose_run, matching_run, version_folder
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
@@ -64,6 +64,10 @@ DEFAULT_CALLBACKS = {
     # tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
     "progress_bar": ("lightning.pytorch.callbacks.TQDMProgressBar", {"refresh_rate": 20}),
 }
+
+
+# What a resumed run may change besides the trainer's limits: the callbacks that observe it.
+RESUME_IGNORES = (*IGNORED, *DEFAULT_CALLBACKS)
 
 
 def class_config(class_path: str, init_args: dict) -> dict:
@@ -155,12 +159,15 @@ class DaeCLI(LightningCLI):
         if rank_zero_only.rank != 0:
             # The job's other processes (DDP) resume what the first resumes; a new run's folder reaches them by
             # Lightning's broadcast of the log dir.
-            if resume and init.get("version") is None and (found := matching_run(root, current)) is not None:
+            if resume and init.get("version") is None and (found := matching_run(root, current, RESUME_IGNORES)):
                 init.version = found
             return
-        version, _ = choose_run(root, init.get("version"), resume, current)
+        version, resumed = choose_run(root, init.get("version"), resume, current, RESUME_IGNORES)
         self.run_lock = RunLock(root / version_folder(version))
         self.run_lock.acquire()
+        if resume and not resumed:
+            rank_zero_info(f"--ckpt_path last: no run in {root} to resume; starting {version_folder(version)}")
+            config.ckpt_path = None
         if init.get("version") is None:
             init.version = version
             self.chosen_version = True

@@ -33,6 +33,7 @@ LOCK_NAME = "run.lock"
 IGNORED = (
     "ckpt_path",
     "config",
+    "trainer.logger.class_path",
     "trainer.logger.init_args.version",
     "trainer.max_epochs",
     "trainer.min_epochs",
@@ -99,24 +100,24 @@ class Candidate:
         return f"{self.path.name} ({shown})"
 
 
-def candidate(run: Path, config: dict) -> Candidate:
+def candidate(run: Path, config: dict, ignored: tuple[str, ...] = IGNORED) -> Candidate:
     saved = read_config(run)
-    differences = config_differences(saved, config) if saved else [f"no readable {CONFIG_NAME}"]
+    differences = config_differences(saved, config, ignored) if saved else [f"no readable {CONFIG_NAME}"]
     return Candidate(run, differences)
 
 
-def resumable_runs(root: Path, config: dict) -> list[Candidate]:
+def resumable_runs(root: Path, config: dict, ignored: tuple[str, ...] = IGNORED) -> list[Candidate]:
     """The run folders under ``root`` that hold a ``last.ckpt``, newest ``last.ckpt`` first."""
     if not root.is_dir():
         return []
     runs = [p for p in root.iterdir() if (p / "checkpoints" / LAST_NAME).is_file()]
     runs.sort(key=lambda p: (p / "checkpoints" / LAST_NAME).stat().st_mtime, reverse=True)
-    return [candidate(run, config) for run in runs]
+    return [candidate(run, config, ignored) for run in runs]
 
 
-def matching_run(root: Path, config: dict, runs: list[Candidate] | None = None) -> str | None:
+def matching_run(root: Path, config: dict, ignored: tuple[str, ...] = IGNORED) -> str | None:
     """The folder name of the run ``--ckpt_path last`` resumes: the newest with a ``last.ckpt`` and this config."""
-    matching = [c for c in (resumable_runs(root, config) if runs is None else runs) if not c.differences]
+    matching = [c for c in resumable_runs(root, config, ignored) if not c.differences]
     return matching[0].path.name if matching else None
 
 
@@ -178,7 +179,9 @@ class RunLock:
                     raise
 
 
-def choose_run(root: Path, version: int | str | None, resume: bool, config: dict) -> tuple[int | str, bool]:
+def choose_run(
+    root: Path, version: int | str | None, resume: bool, config: dict, ignored: tuple[str, ...] = IGNORED
+) -> tuple[int | str, bool]:
     """The version this fit logs into and whether it resumes there; creates the folder of a new run.
 
     Args:
@@ -186,6 +189,7 @@ def choose_run(root: Path, version: int | str | None, resume: bool, config: dict
         version: the fixed version given, or ``None`` to choose one.
         resume: whether the command asks for ``--ckpt_path last``.
         config: this command's config, as ``config.yaml`` would hold it.
+        ignored: the settings a resumed run may change (keys, and the keys under them).
 
     Raises:
         RunFolderError: when the run named or found belongs to another experiment.
@@ -200,7 +204,7 @@ def choose_run(root: Path, version: int | str | None, resume: bool, config: dict
                 f"{run} already holds a run: resume it with --ckpt_path last, or name this run differently "
                 "(--trainer.logger.init_args.version NAME)"
             )
-        found = candidate(run, config)
+        found = candidate(run, config, ignored)
         if found.differences:
             raise RunFolderError(
                 f"--ckpt_path last: {run} is another experiment ({'; '.join(found.differences)}); resume it with "
@@ -208,9 +212,10 @@ def choose_run(root: Path, version: int | str | None, resume: bool, config: dict
             )
         return version, (run / "checkpoints" / LAST_NAME).is_file()
     if resume:
-        runs = resumable_runs(root, config)
-        if (found := matching_run(root, config, runs)) is not None:
-            return found, True
+        runs = resumable_runs(root, config, ignored)
+        matching = [c for c in runs if not c.differences]
+        if matching:
+            return matching[0].path.name, True
         if runs:
             raise RunFolderError(
                 f"--ckpt_path last: no run in {root} has this config, and resuming another would overwrite it. "

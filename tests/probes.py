@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,25 @@ class PauseAtStep(L.Callback):
         Path(self.marker).write_text(str(trainer.global_step))
         deadline = time.monotonic() + 300
         while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class MeetAfterLogDir(L.Callback):
+    """At setup reads ``trainer.log_dir`` (which makes the logger settle its version), then waits (at most 3
+    minutes) until ``count`` processes have done the same: processes that reach the choice of a run folder at the
+    same moment, as jobs started together do."""
+
+    def __init__(self, folder: str, count: int) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self.count = count
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        log_dir = trainer.log_dir
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{os.getpid()}").write_text(str(log_dir))
+        deadline = time.monotonic() + 180
+        while len(list(self.folder.iterdir())) < self.count and time.monotonic() < deadline:
             time.sleep(0.05)
 
 
