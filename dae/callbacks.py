@@ -108,8 +108,9 @@ class LossPlotCallback(L.Callback):
         except ValueError as e:  # e.g. a resumed run that had no steps left to train
             rank_zero_warn(f"loss plot skipped: {e}")
         except OSError as e:  # e.g. a full disk: the trained run and its checkpoints are complete all the same
-            rank_zero_warn(f"{Path(logger.log_dir) / LOSS_PLOT_NAME} not written ({e}); the checkpoints are "
-                           f"complete. Free space there and redraw it with: dae plot {logger.log_dir}")
+            run = Path(logger.log_dir)
+            rank_zero_warn(f"{run / LOSS_PLOT_NAME} not written ({e}); the checkpoints are complete. Free space "
+                           f"there and redraw it with: dae plot {run}")
 
 
 class PredictionImageWriter(BasePredictionWriter):

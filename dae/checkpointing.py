@@ -41,17 +41,25 @@ def megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def disk_full_message(path: Path) -> str:
-    """What did not fit where, how much room is left there, and what to do about it (one line)."""
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether an error, or one it arose from, is a full disk (or quota). ``torch.save`` reports one as a
+    RuntimeError of its zip writer raised while handling the OSError."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_message(folder: Path, what: str, runs: Path, kept: str = "the files written before are intact") -> str:
+    """One line: what did not fit in which folder, the room left there, and what to free where."""
     try:
-        free = f"{megabytes(shutil.disk_usage(path.parent).free)} free"
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free there"
     except OSError:
         free = "free space unknown"
-    kept = f"the previous {path.name} is intact" if path.exists() else "the checkpoints written before are intact"
     return (
-        f"no space left on the disk of {path.parent} to write {path.name} ({free} there; {kept}): free space on "
-        f"that disk, e.g. delete runs or best-*.ckpt files you no longer need under {path.parent.parent.parent}, "
-        "then resume with --ckpt_path last"
+        f"no space left on the disk of {folder} to write {what} ({free}; {kept}): free space on that disk, e.g. delete "
+        f"runs or best-*.ckpt files you no longer need under {runs}, then resume with --ckpt_path last"
     )
 
 
@@ -77,8 +85,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, OSError) and e.errno in DISK_FULL:
-                raise DiskFullError(e.errno, disk_full_message(path)) from e
+            if is_disk_full(e):
+                kept = f"the previous {path.name} is intact" if path.exists() else "the files written before are intact"
+                message = disk_full_message(path.parent, path.name, path.parent.parent.parent, kept)
+                raise DiskFullError(errno.ENOSPC, message) from e
             raise
 
 

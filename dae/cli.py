@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
@@ -19,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from dae.callbacks import write_loss_plot
-from dae.checkpointing import DISK_FULL
+from dae.checkpointing import DiskFullError, disk_full_message, is_disk_full
 from dae.data import InMemoryDataModule
 from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
@@ -117,6 +118,11 @@ class DaeCLI(LightningCLI):
                 args=args,
                 **kwargs,
             )
+        except Exception as e:
+            if isinstance(e, DiskFullError) or not is_disk_full(e) or self.run_lock is None:
+                raise
+            run = self.run_lock.run  # e.g. the event file: say where, as for a checkpoint
+            raise DiskFullError(errno.ENOSPC, disk_full_message(run, "its files", run.parent)) from e
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
@@ -235,12 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     except SIGTERMException:  # stopped on request after saving last.ckpt (see SigtermCheckpoint)
         return 128 + signal.SIGTERM
-    except OSError as e:
-        if e.errno not in DISK_FULL:
-            raise
-        # A full disk: one line that says where (DiskFullError also says what to free); the files written
-        # before are complete.
-        print(f"dae {args[0] if args else ''}: error: {e.strerror if e.filename is None else e}", file=sys.stderr)
+    except DiskFullError as e:  # one line that says where and what to free; the files written before are whole
+        print(f"dae {args[0] if args else ''}: error: {e.strerror}", file=sys.stderr)
         return 1
     except USER_ERRORS as e:
         if (cause := user_error(e)) is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
@@ -18,8 +20,8 @@ class RunLogger(TensorBoardLogger):
         try:
             super().finalize(status)
         except OSError as e:
+            run = Path(self.log_dir)
             rank_zero_warn(
-                f"the TensorBoard files in {self.log_dir} could not be completed ({e}); the checkpoints are "
-                "complete, but the event file may lack the last values: free space there and, to redraw loss.png, "
-                f"run dae plot {self.log_dir}"
+                f"the TensorBoard files in {run} could not be completed ({e}); the checkpoints are complete, but "
+                f"the event file may lack the last values: free space there, then redraw loss.png with dae plot {run}"
             )
