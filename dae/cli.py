@@ -86,18 +86,35 @@ def module_classes(module_name: str) -> list[str]:
             if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module_name]
 
 
+def option_value(args: Sequence[str], option: str) -> str | None:
+    """The value given on the command line to ``option`` (``--key value`` or ``--key=value``; the last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{option}="):
+            value = arg[len(option) + 1:]
+    return value
+
+
 class DaeArgumentParser(LightningArgumentParser):
-    """Reports a bad option with jsonargparse's message, a one-line usage instead of the 50-line one, and for
-    an unknown network or noise name the classes there are to choose from."""
+    """Reports a bad option with a one-line usage instead of the 50-line one, and for an unknown network or
+    noise name given on the command line the classes there are to choose from."""
 
     def print_usage(self, file=None) -> None:
         print(f"usage: {self.prog} [--config FILE] [--KEY VALUE ...]   (--help lists every KEY)", file=file)
 
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+    def parse_args(self, args: Sequence[str] | None = None, *rest, **kwargs) -> Namespace:
+        given = sys.argv[1:] if args is None else list(args)
         for key, module_name in CLASS_OPTIONS.items():
-            if f'Parser key "{key}"' in message:
-                message += f"\n--{key} takes one of: {', '.join(module_classes(module_name))} (from {module_name})"
-        super().error(message, ex)
+            value = option_value(given, f"--{key}")
+            # A bare name that is none of the module's classes (paths, null and dicts are jsonargparse's to judge).
+            if value and value.isidentifier() and value.lower() not in ("null", "none"):
+                choices = module_classes(module_name)
+                if value not in choices:
+                    self.error(f"--{key} {value}: no such class. --{key} takes one of: {', '.join(choices)} (from "
+                               f"{module_name}), or the full path of a class of your own (package.module.Class)")
+        return super().parse_args(args, *rest, **kwargs)
 
 
 class DaeCLI(LightningCLI):

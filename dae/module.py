@@ -231,4 +231,6 @@ class DenoisingModule(L.LightningModule):
             )
         # Stepped every optimizer step (not every epoch), so that a run resumed mid-epoch goes on exactly.
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(total_steps), 1))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+        # "name": the tag under which LearningRateMonitor logs each step's rate.
+        schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -96,7 +96,8 @@ class Candidate:
     def describe(self) -> str:
         if not (self.path / CONFIG_NAME).is_file():
             return f"{self.path.name} (no {CONFIG_NAME})"
-        shown = "; ".join(self.differences[:3]) + (f"; and {len(self.differences) - 3} more" if len(self.differences) > 3 else "")
+        more = len(self.differences) - 3
+        shown = "; ".join(self.differences[:3]) + (f"; and {more} more" if more > 0 else "")
         return f"{self.path.name} ({shown})"
 
 
