@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from dae.nets import ConvAutoencoder
 
@@ -31,23 +32,27 @@ class PauseAtStep(L.Callback):
             time.sleep(0.05)
 
 
-class MeetAfterLogDir(L.Callback):
-    """At setup reads ``trainer.log_dir`` (which makes the logger settle its version), then waits (at most 3
-    minutes) until ``count`` processes have done the same: processes that reach the choice of a run folder at the
-    same moment, as jobs started together do."""
+class MeetingLogger(TensorBoardLogger):
+    """TensorBoardLogger that, before it creates its run folder, settles its version and then waits (at most 3
+    minutes) until ``count`` processes have done the same: jobs that reach the choice of a run folder at the same
+    moment, as jobs started together can."""
 
-    def __init__(self, folder: str, count: int) -> None:
-        super().__init__()
+    def __init__(self, *args, folder: str = "meet", count: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.folder = Path(folder)
         self.count = count
+        self.met = False
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{os.getpid()}").write_text(str(log_dir))
-        deadline = time.monotonic() + 180
-        while len(list(self.folder.iterdir())) < self.count and time.monotonic() < deadline:
-            time.sleep(0.05)
+    @property
+    def experiment(self):
+        if not self.met:
+            self.met = True
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / str(os.getpid())).write_text(str(self.version))
+            deadline = time.monotonic() + 180
+            while len(list(self.folder.iterdir())) < self.count and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return super().experiment
 
 
 class NaNNet(ConvAutoencoder):

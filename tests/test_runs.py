@@ -107,11 +107,12 @@ def test_a_named_run_is_resumed_by_name_and_never_overwritten_by_a_new_one(mnist
 
 @pytest.mark.slow
 def test_processes_started_together_get_a_run_folder_each(mnist_dir, tmp_path):
-    """Three fits reach the choice of a run folder at the same moment (the probe holds each one there until all
-    three have settled their log dir); each must still get its own folder."""
-    meet = {"class_path": "tests.probes.MeetAfterLogDir", "init_args": {"folder": str(tmp_path / "meet"), "count": 3}}
+    """Three fits reach the choice of a run folder at the same moment (the probe logger holds each one there, its
+    version settled and its folder not yet made, until all three are there); each must still get its own folder."""
+    logger = {"class_path": "tests.probes.MeetingLogger", "init_args": {
+        "save_dir": ".", "name": "lightning_logs", "folder": str(tmp_path / "meet"), "count": 3}}
     procs = [dae_subprocess(tmp_path, fit_args(mnist_dir, *SHORT, f"--seed_everything={seed}",
-                                               f"--trainer.callbacks+={json.dumps(meet)}")) for seed in range(3)]
+                                               f"--trainer.logger={json.dumps(logger)}")) for seed in range(3)]
     codes = [p.wait(timeout=300) for p in procs]
     assert codes == [0, 0, 0], (tmp_path / "dae.log").read_text()
     runs = sorted((tmp_path / "lightning_logs").iterdir())
