@@ -210,7 +210,10 @@ class DenoisingModule(L.LightningModule):
             return
         key = (sorted(set(own) ^ set(theirs)) or [k for k in own if own[k] != theirs[k]])[0]
         trained_with = checkpoint.get("hyper_parameters", {}).get("net", "a different network")
-        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        try:
+            path = self.trainer.ckpt_path or "the checkpoint"
+        except RuntimeError:  # loaded without a Trainer (load_from_checkpoint)
+            path = "the checkpoint"
         raise ValueError(
             f"{path} was trained with {trained_with}, which does not fit this run's network "
             f"(first difference: {key}, shape {theirs.get(key, 'missing')} in the checkpoint, "

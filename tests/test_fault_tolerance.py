@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -254,3 +255,19 @@ def test_a_failed_loss_png_or_event_file_after_training_keeps_the_run(mnist_dir,
                             "are complete") and f"dae plot {run}" in m for m in messages), messages
     assert any(m.startswith(f"the TensorBoard files in {run} could not be completed") for m in messages), messages
     assert load_last(tmp_path)["global_step"] == 3  # the finished run's checkpoints are there
+
+
+def test_resuming_another_network_through_the_trainer_names_the_checkpoint(mnist_dir, tmp_path, tiny_trainer):
+    from dae.data import MNISTDataModule
+    from dae.module import DenoisingModule
+    from dae.nets import DnCNN
+
+    data = MNISTDataModule(data_dir=str(mnist_dir), download=False, val_split=64, batch_size=32)
+    trainer = tiny_trainer(limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(DenoisingModule(), data)
+    ckpt = tmp_path / "conv.ckpt"
+    trainer.save_checkpoint(ckpt)
+    expected = re.escape(f"{ckpt} was trained with ") + ".*" + re.escape("which does not fit this run's network")
+    with pytest.raises(ValueError, match=expected):
+        tiny_trainer(limit_train_batches=1, limit_val_batches=0).fit(DenoisingModule(net=DnCNN()), data,
+                                                                     ckpt_path=ckpt)
