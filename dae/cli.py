@@ -43,36 +43,36 @@ _LAST = {"filename": "last", "enable_version_counter": False}
 # The callbacks every run gets, each a config section of its own (in --print_config and config.yaml): change one
 # with --SECTION.ARG VALUE (--last_checkpoint.every_n_train_steps 100), swap its class with --SECTION CLASS, remove
 # it with --SECTION null. Further callbacks go into trainer.callbacks (--trainer.callbacks+=CLASS).
+# Section: (class path, init args, help).
 DEFAULT_CALLBACKS = {
-    # Best by val/loss, right after validation, so that last.ckpt (written at the epoch's end) records it.
     "best_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", {
         "monitor": "val/loss", "mode": "min", "filename": "best-epoch{epoch:02d}-step{step}",
-        "auto_insert_metric_name": False, "save_on_train_epoch_end": False}),
-    # last.ckpt every N optimizer steps (0: none within an epoch), for resuming mid-epoch ...
-    "last_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", {"every_n_train_steps": 500, **_LAST}),
-    # ... and at the end of each epoch, after validation ...
-    "epoch_end_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", _LAST),
-    # ... and when SIGTERM stops training.
-    "sigterm_checkpoint": ("dae.checkpointing.SigtermCheckpoint", {}),
-    "lr_monitor": ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
-    "image_grid": ("dae.callbacks.ImageGridCallback", {}),
-    "loss_plot": ("dae.callbacks.LossPlotCallback", {}),
-    "tensorboard_run": ("dae.callbacks.TensorBoardRunCallback", {}),
-    "non_finite_loss_stop": ("dae.callbacks.NonFiniteLossStop", {}),
-    "prediction_writer": ("dae.callbacks.PredictionImageWriter", {}),
+        "auto_insert_metric_name": False, "save_on_train_epoch_end": False},
+        # Right after validation, so that last.ckpt (written at the epoch's end) records this epoch's best.
+        "the best checkpoint by val/loss, checkpoints/best-epochEE-stepS.ckpt, written right after validation"),
+    "last_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", {"every_n_train_steps": 500, **_LAST},
+                        "checkpoints/last.ckpt every every_n_train_steps optimizer steps (0: not within epochs)"),
+    "epoch_end_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", _LAST,
+                             "checkpoints/last.ckpt at the end of every epoch, after validation"),
+    "sigterm_checkpoint": ("dae.checkpointing.SigtermCheckpoint", {},
+                           "checkpoints/last.ckpt when SIGTERM stops training"),
+    "lr_monitor": ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"},
+                   "the learning rate of each logged step (train/lr under a schedule, else lr-Adam)"),
+    "image_grid": ("dae.callbacks.ImageGridCallback", {}, "val/images: clean, noisy and denoised validation images"),
+    "loss_plot": ("dae.callbacks.LossPlotCallback", {}, "loss.png in the run folder at the end of fit"),
+    "tensorboard_run": ("dae.callbacks.TensorBoardRunCallback", {}, "TensorBoard HPARAMS tab and restart marks"),
+    "non_finite_loss_stop": ("dae.callbacks.NonFiniteLossStop", {}, "stop when the training loss is NaN or inf"),
+    "prediction_writer": ("dae.callbacks.PredictionImageWriter", {}, "dae predict: the denoised images as PNGs"),
     # Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
     # metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
     # tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
-    "progress_bar": ("lightning.pytorch.callbacks.TQDMProgressBar", {"refresh_rate": 20}),
+    "progress_bar": ("lightning.pytorch.callbacks.TQDMProgressBar", {"refresh_rate": 20},
+                     "the progress bar (--trainer.enable_progress_bar false switches it off)"),
 }
 
 
 # What a resumed run may change besides the trainer's limits: the callbacks that observe it.
 RESUME_IGNORES = (*IGNORED, *DEFAULT_CALLBACKS)
-
-
-def class_config(class_path: str, init_args: dict) -> dict:
-    return {"class_path": class_path, "init_args": dict(init_args)}
 
 
 # Options that take a class, and the module whose classes they are usually chosen from.
@@ -145,10 +145,11 @@ class DaeCLI(LightningCLI):
                 self.run_lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key, (class_path, init_args) in DEFAULT_CALLBACKS.items():
+        for key, (class_path, init_args, help) in DEFAULT_CALLBACKS.items():
             base = ProgressBar if key == "progress_bar" else Callback
-            parser.add_subclass_arguments(base, key, required=False, fail_untyped=False)
-            parser.set_defaults({key: class_config(class_path, init_args)})
+            parser.add_subclass_arguments(base, key, required=False, fail_untyped=False,
+                                          help=f"{help}; null removes it")
+            parser.set_defaults({key: {"class_path": class_path, "init_args": dict(init_args)}})
         # The network's channel count follows the data (1 for MNIST-format sets, data.channels for image
         # folders), whatever the config says, so the two cannot disagree. Every dae network takes in_channels.
         parser.link_arguments("data.channels", "model.net.init_args.in_channels", apply_on="instantiate")
