@@ -102,11 +102,15 @@ class LossPlotCallback(L.Callback):
         logger = trainer.logger
         if not isinstance(logger, TensorBoardLogger) or logger.log_dir is None:
             return
-        logger.experiment.flush()
         try:
+            logger.experiment.flush()
             write_loss_plot(logger.log_dir)
         except ValueError as e:  # e.g. a resumed run that had no steps left to train
             rank_zero_warn(f"loss plot skipped: {e}")
+        except OSError as e:  # e.g. a full disk: the trained run and its checkpoints are complete all the same
+            run = Path(logger.log_dir)
+            rank_zero_warn(f"{run / LOSS_PLOT_NAME} not written ({e}); the checkpoints are complete. Free space "
+                           f"there and redraw it with: dae plot {run}")
 
 
 class PredictionImageWriter(BasePredictionWriter):
@@ -178,7 +182,7 @@ class TensorBoardRunCallback(L.Callback):
 
     @staticmethod
     def _writers(trainer: L.Trainer) -> list:
-        return [lg.experiment._get_file_writer() for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        return [lg.experiment.file_writer for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

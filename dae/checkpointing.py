@@ -1,37 +1,78 @@
-"""Checkpoints that survive a killed or preempted job: atomic writes and a ``last.ckpt`` every N steps.
+"""Checkpoints that survive a killed, preempted or disk-starved job: atomic writes, and last.ckpt on SIGTERM.
 
-Lightning's own atomic save stages the file in the system temp folder and moves it into place, which is a
-plain copy (not atomic) whenever the temp folder is on another file system, and a killed job leaves the
-half-written temp file behind. ``AtomicCheckpointIO`` stages next to the target and renames instead.
+``last.ckpt`` itself is written by Lightning's ``ModelCheckpoint`` (every N optimizer steps, and at each epoch end;
+see ``dae.cli.DEFAULT_CALLBACKS``); this module adds what it leaves out:
+
+* Lightning's own atomic save stages the file in the system temp folder and moves it into place, which is a
+  plain copy (not atomic) whenever the temp folder is on another file system, and a killed job leaves the
+  half-written temp file behind. ``AtomicCheckpointIO`` stages next to the target and renames instead, and turns
+  a full disk into one message that says where space is needed.
+* ``OnExceptionCheckpoint`` writes on every exception, needs its folder before the run has one, and deletes its
+  file when training ends normally; ``SigtermCheckpoint`` writes ``last.ckpt`` only when SIGTERM stops training.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 LAST_NAME = "last.ckpt"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A checkpoint did not fit on its disk; the files written before are intact and no partial file remains."""
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether an error, or one it arose from, is a full disk (or quota). ``torch.save`` reports one as a
+    RuntimeError of its zip writer raised while handling the OSError."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_message(folder: Path, what: str, runs: Path, kept: str = "the files written before are intact") -> str:
+    """One line: what did not fit in which folder, the room left there, and what to free where."""
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free there"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"no space left on the disk of {folder} to write {what} ({free}; {kept}): free space on that disk, e.g. delete "
+        f"runs or best-*.ckpt files you no longer need under {runs}, then resume with --ckpt_path last"
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a local checkpoint to a temporary file in the target's folder, then renames it over the target.
 
     A reader (or a resumed run) therefore sees either the previous complete file or the new complete file,
-    never a truncated one, even when the process is killed mid-write. Remote paths use Lightning's default.
+    never a truncated one, even when the process is killed mid-write. A write that fails removes its temporary
+    file; one that fails for want of space raises ``DiskFullError``. Remote paths use Lightning's default.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        if not _is_local_file_protocol(path):
+        if not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,51 +83,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
+            if is_disk_full(e):
+                kept = f"the previous {path.name} is intact" if path.exists() else "the files written before are intact"
+                message = disk_full_message(path.parent, path.name, path.parent.parent.parent, kept)
+                raise DiskFullError(errno.ENOSPC, message) from e
             raise
 
 
-class LastCheckpoint(Checkpoint):
-    """Keeps ``<run>/checkpoints/last.ckpt`` current: every ``every_n_train_steps`` optimizer steps, at the end of
-    every training epoch (after validation and the best-checkpoint update), and when SIGTERM stops training.
+class SigtermCheckpoint(Checkpoint):
+    """Writes ``<run>/checkpoints/last.ckpt`` when SIGTERM (a scheduler, ``docker stop``) stops training.
 
-    ``dae fit --ckpt_path last`` resumes from it, mid-epoch included.
-
-    Args:
-        every_n_train_steps: steps between two saves within an epoch (0: only at epoch ends and on SIGTERM).
+    Only a requested stop saves: after any other error the weights may be broken (or the disk full), and the
+    checkpoints written before it are the good ones. ``dae fit --ckpt_path last`` resumes from it, mid-epoch included.
     """
-
-    def __init__(self, every_n_train_steps: int = 500) -> None:
-        super().__init__()
-        if every_n_train_steps < 0:
-            raise ValueError(f"every_n_train_steps must be >= 0, got {every_n_train_steps}")
-        self.every_n_train_steps = every_n_train_steps
 
     @staticmethod
     def path(trainer: L.Trainer) -> Path:
-        """Where ``last.ckpt`` goes: next to the best checkpoints, in the run folder's ``checkpoints/``."""
+        """Where ``last.ckpt`` goes: the run folder's ``checkpoints/``, where ``ModelCheckpoint`` writes too."""
         return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / LAST_NAME
 
-    def _save(self, trainer: L.Trainer) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking or trainer.fast_dev_run:
             return
         trainer.save_checkpoint(self.path(trainer), weights_only=False)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        n = self.every_n_train_steps
-        if n and trainer.global_step % n == 0:
-            self._save(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # Only a requested stop saves: after any other error the weights may be broken, and the checkpoints
-        # written before it are the good ones.
-        if not isinstance(exception, SIGTERMException):
-            return
-        self._save(trainer)
         rank_zero_info(
             f"SIGTERM: training stopped at step {trainer.global_step}; {self.path(trainer)} holds that state. "
             "Resume with the same command plus --ckpt_path last."

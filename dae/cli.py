@@ -3,78 +3,77 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
+import yaml
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from dae.callbacks import (
-    ImageGridCallback,
-    LossPlotCallback,
-    NonFiniteLossStop,
-    PredictionImageWriter,
-    TensorBoardRunCallback,
-    write_loss_plot,
-)
-from dae.checkpointing import LAST_NAME, LastCheckpoint
+from dae.callbacks import write_loss_plot
+from dae.checkpointing import DiskFullError, disk_full_message, is_disk_full
 from dae.data import InMemoryDataModule
 from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
 from dae.export import export_command
 from dae.module import DenoisingModule
 from dae.report import run_summary, write_test_metrics
+from dae.runs import IGNORED, RunLock, choose_run, matching_run, version_folder
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "logger": {
-        "class_path": "dae.loggers.RunTensorBoardLogger",
+        "class_path": "dae.loggers.RunLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
     "plugins": [{"class_path": "dae.checkpointing.AtomicCheckpointIO"}],
 }
 
+# Unmonitored, keeping one file named last.ckpt (never last-v1.ckpt beside an older one): the latest state.
+_LAST = {"filename": "last", "enable_version_counter": False}
 
-def default_callbacks() -> list:
-    """Callbacks every run gets: the best checkpoint (by val/loss), image grids, loss.png, TensorBoard
-    hparams and restarts, the stop on a non-finite loss, and ``dae predict``'s denoised PNGs.
+# The callbacks every run gets, each a config section of its own (in --print_config and config.yaml): change one
+# with --SECTION.ARG VALUE (--last_checkpoint.every_n_train_steps 100), swap its class with --SECTION CLASS, remove
+# it with --SECTION null. Further callbacks go into trainer.callbacks (--trainer.callbacks+=CLASS).
+# Section: (class path, init args, help).
+DEFAULT_CALLBACKS = {
+    "best_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", {
+        "monitor": "val/loss", "mode": "min", "filename": "best-epoch{epoch:02d}-step{step}",
+        "auto_insert_metric_name": False, "save_on_train_epoch_end": False},
+        # Right after validation, so that last.ckpt (written at the epoch's end) records this epoch's best.
+        "the best checkpoint by val/loss, checkpoints/best-epochEE-stepS.ckpt, written right after validation"),
+    "last_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", {"every_n_train_steps": 500, **_LAST},
+                        "checkpoints/last.ckpt every every_n_train_steps optimizer steps (0: not within epochs)"),
+    "epoch_end_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", _LAST,
+                             "checkpoints/last.ckpt at the end of every epoch, after validation"),
+    "sigterm_checkpoint": ("dae.checkpointing.SigtermCheckpoint", {},
+                           "checkpoints/last.ckpt when SIGTERM stops training"),
+    "lr_monitor": ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"},
+                   "the learning rate of each logged step (train/lr under a schedule, else lr-Adam)"),
+    "image_grid": ("dae.callbacks.ImageGridCallback", {}, "val/images: clean, noisy and denoised validation images"),
+    "loss_plot": ("dae.callbacks.LossPlotCallback", {}, "loss.png in the run folder at the end of fit"),
+    "tensorboard_run": ("dae.callbacks.TensorBoardRunCallback", {}, "TensorBoard HPARAMS tab and restart marks"),
+    "non_finite_loss_stop": ("dae.callbacks.NonFiniteLossStop", {}, "stop when the training loss is NaN or inf"),
+    "prediction_writer": ("dae.callbacks.PredictionImageWriter", {}, "dae predict: the denoised images as PNGs"),
+    # Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
+    # metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
+    # tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
+    "progress_bar": ("lightning.pytorch.callbacks.TQDMProgressBar", {"refresh_rate": 20},
+                     "the progress bar (--trainer.enable_progress_bar false switches it off)"),
+}
 
-    ``last.ckpt`` comes from ``LastCheckpoint``, which the CLI exposes as ``last_checkpoint.*``.
-    """
-    return [
-        ModelCheckpoint(
-            monitor="val/loss",
-            mode="min",
-            filename="best-epoch{epoch:02d}-step{step}",
-            auto_insert_metric_name=False,
-            # Right after validation, so that last.ckpt (written at the epoch's end) records this epoch's best.
-            save_on_train_epoch_end=False,
-        ),
-        ImageGridCallback(),
-        LossPlotCallback(),
-        TensorBoardRunCallback(),
-        NonFiniteLossStop(),
-        PredictionImageWriter(),
-    ]
 
-
-def continue_latest_run(config: Namespace) -> None:
-    """With ``--ckpt_path last`` and no fixed logger version, log into the newest run folder that has a
-    ``last.ckpt``, so that Lightning finds that file and the resumed run goes on in the same folder."""
-    init = getattr(config.trainer.logger, "init_args", None)
-    if config.get("ckpt_path") != "last" or init is None or init.get("version") is not None:
-        return
-    root = Path(init.get("save_dir") or ".") / str(init.get("name") or "")
-    lasts = list(root.glob(f"*/checkpoints/{LAST_NAME}"))
-    if lasts:
-        init.version = max(lasts, key=lambda p: p.stat().st_mtime).parent.parent.name
+# What a resumed run may change besides the trainer's limits: the callbacks that observe it, and the test after fit.
+RESUME_IGNORES = (*IGNORED, *DEFAULT_CALLBACKS, "test_after_fit")
 
 
 def log_into_checkpoint_run(config: Namespace) -> None:
@@ -113,67 +112,87 @@ def module_classes(module_name: str) -> list[str]:
             if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module_name]
 
 
+def option_value(args: Sequence[str], option: str) -> str | None:
+    """The value given on the command line to ``option`` (``--key value`` or ``--key=value``; the last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{option}="):
+            value = arg[len(option) + 1:]
+    return value
+
+
 class DaeArgumentParser(LightningArgumentParser):
-    """Reports a bad option with jsonargparse's message, a one-line usage instead of the 50-line one, and for
-    an unknown network or noise name the classes there are to choose from."""
+    """Reports a bad option with a one-line usage instead of the 50-line one, and for an unknown network or
+    noise name given on the command line the classes there are to choose from."""
 
     def print_usage(self, file=None) -> None:
         print(f"usage: {self.prog} [--config FILE] [--KEY VALUE ...]   (--help lists every KEY)", file=file)
 
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+    def parse_args(self, args: Sequence[str] | None = None, *rest, **kwargs) -> Namespace:
+        given = sys.argv[1:] if args is None else list(args)
         for key, module_name in CLASS_OPTIONS.items():
-            if f'Parser key "{key}"' in message:
-                message += f"\n--{key} takes one of: {', '.join(module_classes(module_name))} (from {module_name})"
-        super().error(message, ex)
-
-
-# Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
-# metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
-# tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
-PROGRESS_BAR_DEFAULT = {
-    "class_path": "lightning.pytorch.callbacks.TQDMProgressBar",
-    "init_args": {"refresh_rate": 20},
-}
+            value = option_value(given, f"--{key}")
+            # A bare name that is none of the module's classes (paths, null and dicts are jsonargparse's to judge).
+            if value and value.isidentifier() and value.lower() not in ("null", "none"):
+                choices = module_classes(module_name)
+                if value not in choices:
+                    self.error(f"--{key} {value}: no such class. --{key} takes one of: {', '.join(choices)} (from "
+                               f"{module_name}), or the full path of a class of your own (package.module.Class)")
+        return super().parse_args(args, *rest, **kwargs)
 
 
 class DaeCLI(LightningCLI):
     """LightningCLI with dae's defaults: run folders in lightning_logs/, checkpoints, image grids, loss.png."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
-        super().__init__(
-            DenoisingModule,
-            InMemoryDataModule,  # any of its subclasses, by class_path: MNISTDataModule, ImageFolderDataModule
-            subclass_mode_data=True,
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": default_callbacks()},
-            save_config_callback=RunConfigCallback,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "dae", "description": _DESCRIPTION},
-            parser_class=DaeArgumentParser,
-            args=args,
-            **kwargs,
-        )
+        self.run_lock: RunLock | None = None
+        self.chosen_version = False
+        try:
+            super().__init__(
+                DenoisingModule,
+                InMemoryDataModule,  # any of its subclasses, by class_path: MNISTDataModule, ImageFolderDataModule
+                subclass_mode_data=True,
+                trainer_defaults=TRAINER_DEFAULTS,
+                save_config_callback=RunConfigCallback,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"prog": "dae", "description": _DESCRIPTION},
+                parser_class=DaeArgumentParser,
+                args=args,
+                **kwargs,
+            )
+        except Exception as e:
+            if isinstance(e, DiskFullError) or not is_disk_full(e) or self.run_lock is None:
+                raise
+            run = self.run_lock.run  # e.g. the event file: say where, as for a checkpoint
+            raise DiskFullError(errno.ENOSPC, disk_full_message(run, "its files", run.parent)) from e
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The bar is a config section of its own (progress_bar: class_path/init_args), e.g.
-        # --progress_bar.refresh_rate 100, or --progress_bar RichProgressBar.
-        parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True)
-        parser.set_defaults({"progress_bar": PROGRESS_BAR_DEFAULT})
+        for key, (class_path, init_args, help) in DEFAULT_CALLBACKS.items():
+            base = ProgressBar if key == "progress_bar" else Callback
+            parser.add_subclass_arguments(base, key, required=False, fail_untyped=False,
+                                          help=f"{help}; null removes it")
+            parser.set_defaults({key: {"class_path": class_path, "init_args": dict(init_args)}})
         # The network's channel count follows the data (1 for MNIST-format sets, data.channels for image
         # folders), whatever the config says, so the two cannot disagree. Every dae network takes in_channels.
         parser.link_arguments("data.channels", "model.net.init_args.in_channels", apply_on="instantiate")
-        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="dae fit: when training ends, score the test split with the best checkpoint, "
                                  "log the numbers into the run and print them (other commands ignore it)")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """The Trainer with the config's callbacks, the progress bar among them unless the bar is switched off."""
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if config.get("enable_progress_bar") is False:
-            # --trainer.enable_progress_bar false switches the configured bar off (Lightning refuses both at once).
+        """The Trainer with trainer.callbacks and the default callbacks' sections, the progress bar among them
+        unless --trainer.enable_progress_bar false switches it off (Lightning refuses both at once)."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = [*(config.trainer.get("callbacks") or []), *(config.get(key) for key in DEFAULT_CALLBACKS)]
+        callbacks = [c for c in callbacks if c is not None]
+        if config.trainer.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        return self._instantiate_trainer(config, callbacks)
+        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -181,7 +200,7 @@ class DaeCLI(LightningCLI):
         if ckpt_path not in (None, "last", "best", "hpc") and "://" not in ckpt_path and not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         if self.subcommand == "fit":
-            continue_latest_run(config)
+            self.choose_run_folder(config)
         elif self.subcommand in ("validate", "test", "predict"):
             log_into_checkpoint_run(config)
 
@@ -199,6 +218,36 @@ class DaeCLI(LightningCLI):
             metrics = dict(sorted(results[0].items()))
             write_test_metrics(log_dir, metrics, best)
             print(run_summary(log_dir, metrics, best))
+
+    def choose_run_folder(self, config: Namespace) -> None:
+        """Pick (and lock) the run folder of this fit: see ``dae.runs`` for the rule."""
+        init = getattr(config.trainer.get("logger"), "init_args", None)
+        if init is None or "version" not in init:
+            return  # no logger, or one without run folders: Lightning's own behaviour
+        root = Path(init.get("save_dir") or config.trainer.get("default_root_dir") or ".") / str(init.get("name") or "")
+        current = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))[self.subcommand]
+        resume = config.get("ckpt_path") == "last"
+        if rank_zero_only.rank != 0:
+            # The job's other processes (DDP) resume what the first resumes; a new run's folder reaches them by
+            # Lightning's broadcast of the log dir.
+            if resume and init.get("version") is None and (found := matching_run(root, current, RESUME_IGNORES)):
+                init.version = found
+            return
+        version, resumed = choose_run(root, init.get("version"), resume, current, RESUME_IGNORES)
+        self.run_lock = RunLock(root / version_folder(version))
+        self.run_lock.acquire()
+        if resume and not resumed:
+            rank_zero_info(f"--ckpt_path last: no run in {root} to resume; starting {version_folder(version)}")
+            config.ckpt_path = None
+        if init.get("version") is None:
+            init.version = version
+            self.chosen_version = True
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self.chosen_version:
+            # config.yaml keeps the version unset, so that dae fit --config RUN/config.yaml starts a new run.
+            self.config[self.subcommand].trainer.logger.init_args.version = None
 
 
 _DESCRIPTION = (
@@ -255,8 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args[0]](args[1:])
     try:
         DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
-    except SIGTERMException:  # stopped on request after saving last.ckpt (see LastCheckpoint)
+    except SIGTERMException:  # stopped on request after saving last.ckpt (see SigtermCheckpoint)
         return 128 + signal.SIGTERM
+    except DiskFullError as e:  # one line that says where and what to free; the files written before are whole
+        print(f"dae {args[0] if args else ''}: error: {e.strerror}", file=sys.stderr)
+        return 1
     except USER_ERRORS as e:
         if (cause := user_error(e)) is None:
             raise

@@ -173,8 +173,6 @@ class DenoisingModule(L.LightningModule):
         loss = F.mse_loss(denoised, clean)
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-            if self.lr_schedule != "constant":  # a constant rate is in hparams; keep the baseline's step lean
-                self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])  # the rate this step used
             self.train_loss.update(loss.detach())  # logged once per epoch, in on_train_epoch_end
             if self.loss == "psnr":
                 loss = self._psnr_loss(denoised, clean)  # what is minimised; the MSE stays what is logged
@@ -220,7 +218,10 @@ class DenoisingModule(L.LightningModule):
             return
         key = (sorted(set(own) ^ set(theirs)) or [k for k in own if own[k] != theirs[k]])[0]
         trained_with = checkpoint.get("hyper_parameters", {}).get("net", "a different network")
-        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        try:
+            path = self.trainer.ckpt_path or "the checkpoint"
+        except RuntimeError:  # loaded without a Trainer (load_from_checkpoint)
+            path = "the checkpoint"
         raise ValueError(
             f"{path} was trained with {trained_with}, which does not fit this run's network "
             f"(first difference: {key}, shape {theirs.get(key, 'missing')} in the checkpoint, "
@@ -241,4 +242,6 @@ class DenoisingModule(L.LightningModule):
             )
         # Stepped every optimizer step (not every epoch), so that a run resumed mid-epoch goes on exactly.
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(total_steps), 1))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # "name": the tag under which LearningRateMonitor logs each step's rate.
+        schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from dae.nets import ConvAutoencoder
 
@@ -28,6 +30,29 @@ class PauseAtStep(L.Callback):
         deadline = time.monotonic() + 300
         while not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+class MeetingLogger(TensorBoardLogger):
+    """TensorBoardLogger that, before it creates its run folder, settles its version and then waits (at most 3
+    minutes) until ``count`` processes have done the same: jobs that reach the choice of a run folder at the same
+    moment, as jobs started together can."""
+
+    def __init__(self, *args, folder: str = "meet", count: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.folder = Path(folder)
+        self.count = count
+        self.met = False
+
+    @property
+    def experiment(self):
+        if not self.met:
+            self.met = True
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / str(os.getpid())).write_text(str(self.version))
+            deadline = time.monotonic() + 180
+            while len(list(self.folder.iterdir())) < self.count and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return super().experiment
 
 
 class NaNNet(ConvAutoencoder):

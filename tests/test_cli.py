@@ -196,3 +196,69 @@ def test_same_seed_gives_identical_losses_and_another_seed_does_not(mnist_dir, t
     assert len(first) == 6 + 2
     assert train_losses("b") == first  # bit for bit
     assert train_losses("c", "--seed_everything=1") != first
+
+
+DEFAULT_CALLBACK_CLASSES = {
+    "best_checkpoint": "lightning.pytorch.callbacks.ModelCheckpoint",
+    "last_checkpoint": "lightning.pytorch.callbacks.ModelCheckpoint",
+    "epoch_end_checkpoint": "lightning.pytorch.callbacks.ModelCheckpoint",
+    "sigterm_checkpoint": "dae.checkpointing.SigtermCheckpoint",
+    "lr_monitor": "lightning.pytorch.callbacks.LearningRateMonitor",
+    "image_grid": "dae.callbacks.ImageGridCallback",
+    "loss_plot": "dae.callbacks.LossPlotCallback",
+    "tensorboard_run": "dae.callbacks.TensorBoardRunCallback",
+    "non_finite_loss_stop": "dae.callbacks.NonFiniteLossStop",
+    "prediction_writer": "dae.callbacks.PredictionImageWriter",
+    "progress_bar": "lightning.pytorch.callbacks.TQDMProgressBar",
+}
+
+
+def test_print_config_and_config_yaml_hold_every_default_callback(fitted_run, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", f"--config={ROOT / 'configs' / 'mnist.yaml'}", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for config in (printed, yaml.safe_load((fitted_run / "config.yaml").read_text())):
+        assert {key: config[key]["class_path"] for key in DEFAULT_CALLBACK_CLASSES} == DEFAULT_CALLBACK_CLASSES
+        best, last = config["best_checkpoint"]["init_args"], config["last_checkpoint"]["init_args"]
+        assert best["monitor"] == "val/loss" and best["filename"] == "best-epoch{epoch:02d}-step{step}"
+        assert last["filename"] == "last" and last["every_n_train_steps"] == 500
+        assert config["epoch_end_checkpoint"]["init_args"]["filename"] == "last"
+
+
+def test_a_default_callback_is_changed_or_removed_in_its_section_and_more_are_appended(mnist_dir, tmp_path,
+                                                                                     monkeypatch):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dae.callbacks import ImageGridCallback, LossPlotCallback
+    from dae.cli import DaeCLI
+    from tests.probes import PauseAtStep
+
+    monkeypatch.chdir(tmp_path)
+    probe = '{"class_path": "tests.probes.PauseAtStep", "init_args": {"step": 99, "marker": "m"}}'
+    cli = DaeCLI(args=[*fit_args(mnist_dir)[1:], "--image_grid=null", "--last_checkpoint.every_n_train_steps=7",
+                       "--loss_plot=null", f"--trainer.callbacks+={probe}"], run=False)
+    callbacks = cli.trainer.callbacks
+    assert not any(isinstance(c, (ImageGridCallback, LossPlotCallback)) for c in callbacks)
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(checkpoints) == 3 and "'every_n_train_steps': 7" in checkpoints[1].state_key
+    assert sum(isinstance(c, PauseAtStep) for c in callbacks) == 1  # appended, the defaults kept
+    assert len(DaeCLI(args=fit_args(mnist_dir)[1:], run=False).trainer.callbacks) == len(callbacks) + 1
+
+
+def test_train_lr_follows_the_cosine_schedule_in_tensorboard(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(fit_args(mnist_dir, "--model.lr_schedule=cosine")) == 0
+    logged = read_scalars(tmp_path / "lightning_logs" / "version_0")["train/lr"]
+    steps, lrs = zip(*logged)
+    assert steps == tuple(range(6)) and lrs[0] == pytest.approx(1e-3)  # each step's rate, from lr down
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[3] == pytest.approx(0.5e-3)
+
+
+@pytest.mark.parametrize("given", [["--model.net", "UNett"], ["--model.net=UNett"]])
+def test_an_unknown_network_name_lists_the_networks(given, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(["fit", f"--config={ROOT / 'configs' / 'mnist.yaml'}", *given])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert "--model.net UNett: no such class. --model.net takes one of: ConvAutoencoder, UNet, DnCNN" in err

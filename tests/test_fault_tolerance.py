@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
+import shlex
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +19,7 @@ import torch
 from dae.callbacks import read_scalars
 from dae.checkpointing import AtomicCheckpointIO
 from dae.cli import main
-from tests.conftest import dae_subprocess, fit_args, run_dae
+from tests.conftest import ROOT, dae_subprocess, fit_args, run_dae
 
 # 2 epochs of 5 steps (batch 32 of the 256 fixture training images), last.ckpt every 3 steps and at epoch ends.
 STEPS = ("--data.batch_size=32", "--trainer.limit_train_batches=5", "--last_checkpoint.every_n_train_steps=3",
@@ -219,3 +225,127 @@ def test_dae_fit_writes_checkpoints_through_the_atomic_checkpoint_io(mnist_dir, 
     monkeypatch.chdir(tmp_path)
     cli = DaeCLI(args=fit_args(mnist_dir)[1:], run=False)  # [1:]: no "fit" subcommand when run=False
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def recorded_saves(monkeypatch) -> list[tuple[str, int]]:
+    """Every checkpoint dae fit writes from now on, as (file name, global step), in order."""
+    saves: list[tuple[str, int]] = []
+    write = AtomicCheckpointIO.save_checkpoint
+
+    def recording(self, checkpoint, path, storage_options=None):
+        saves.append((Path(path).name, checkpoint["global_step"]))
+        return write(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording)
+    return saves
+
+
+@pytest.mark.slow
+def test_last_ckpt_is_written_once_per_n_optimizer_steps_under_gradient_accumulation(mnist_dir, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    saves = recorded_saves(monkeypatch)
+    # 8 batches of 2 accumulated: 4 optimizer steps per epoch, 8 in all; last.ckpt every 3 steps and at epoch ends.
+    assert main(fit_args(mnist_dir, "--data.batch_size=16", "--trainer.limit_train_batches=8",
+                         "--trainer.accumulate_grad_batches=2", "--last_checkpoint.every_n_train_steps=3")) == 0
+    assert [step for name, step in saves if name == "last.ckpt"] == [3, 4, 6, 8]  # never at step 0, never twice
+    assert load_last(tmp_path)["global_step"] == 8
+
+
+def disk_full_from(step: int, monkeypatch) -> None:
+    """Make every checkpoint write from global step ``step`` on fail half-way, as on a full disk."""
+    save = torch.save
+
+    def fills_the_disk(obj, f, *args, **kwargs):
+        if obj["global_step"] < step:
+            return save(obj, f, *args, **kwargs)
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+
+
+@pytest.mark.slow
+def test_disk_full_keeps_last_ckpt_leaves_no_temp_file_and_says_what_to_free(mnist_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    monkeypatch.chdir(tmp_path)
+    disk_full_from(4, monkeypatch)
+    code = main(fit_args(mnist_dir, *STEPS, "--last_checkpoint.every_n_train_steps=2"))
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    message = [line for line in err.splitlines() if "error:" in line]
+    assert len(message) == 1, err
+    folder = run_dir(tmp_path) / "checkpoints"
+    assert (f"dae fit: error: no space left on the disk of {folder.relative_to(tmp_path)} to write last.ckpt ("
+            in message[0])
+    assert " MB free there; the previous last.ckpt is intact): free space on that disk" in message[0]
+    assert "then resume with --ckpt_path last" in message[0]
+    assert load_last(tmp_path)["global_step"] == 2  # the write at step 4 failed; step 2's file is whole
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # and no temporary file is left
+
+
+def tmpfs_supported() -> bool:
+    try:
+        return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                               "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not tmpfs_supported(), reason="needs unshare and a tmpfs mount in a user namespace")
+def test_real_full_disk_on_a_tiny_tmpfs(mnist_dir, tmp_path):
+    """The run folder on a 4 MB tmpfs: one checkpoint (2.5 MB) fits, a second one next to it does not."""
+    args = " ".join(shlex.quote(a) for a in fit_args(mnist_dir, *STEPS, "--last_checkpoint.every_n_train_steps=1"))
+    script = (f"mkdir -p lightning_logs && mount -t tmpfs -o size=4m tmpfs lightning_logs && "
+              f"{shlex.quote(sys.executable)} -m dae {args}; echo exit=$?; cp -r lightning_logs after")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=tmp_path,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240).stdout
+    assert "exit=1" in out and "Traceback" not in out, out
+    assert ("dae fit: error: no space left on the disk of lightning_logs/version_0/checkpoints to write last.ckpt ("
+            in out and "; the previous last.ckpt is intact): free space on that disk" in out), out
+    folder = tmp_path / "after" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    ckpt = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 1
+
+
+@pytest.mark.slow
+def test_a_failed_loss_png_or_event_file_after_training_keeps_the_run(mnist_dir, tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    monkeypatch.chdir(tmp_path)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("dae.callbacks.write_loss_plot", no_space)
+    # Closing the event file (and writing hparams.yaml), which Lightning does after training, fails.
+    monkeypatch.setattr(TensorBoardLogger, "finalize", no_space)
+    with pytest.warns(UserWarning) as warned:
+        code = main(fit_args(mnist_dir, "--trainer.max_epochs=1"))
+    assert code == 0
+    messages = [str(w.message) for w in warned]
+    run = Path("lightning_logs") / "version_0"
+    assert any(m.startswith(f"{run / 'loss.png'} not written ([Errno 28] No space left on device); the checkpoints "
+                            "are complete") and f"dae plot {run}" in m for m in messages), messages
+    assert any(m.startswith(f"the TensorBoard files in {run} could not be completed") for m in messages), messages
+    assert load_last(tmp_path)["global_step"] == 3  # the finished run's checkpoints are there
+
+
+def test_resuming_another_network_through_the_trainer_names_the_checkpoint(mnist_dir, tmp_path, tiny_trainer):
+    from dae.data import MNISTDataModule
+    from dae.module import DenoisingModule
+    from dae.nets import DnCNN
+
+    data = MNISTDataModule(data_dir=str(mnist_dir), download=False, val_split=64, batch_size=32)
+    trainer = tiny_trainer(limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(DenoisingModule(), data)
+    ckpt = tmp_path / "conv.ckpt"
+    trainer.save_checkpoint(ckpt)
+    expected = re.escape(f"{ckpt} was trained with ") + ".*" + re.escape("which does not fit this run's network")
+    with pytest.raises(ValueError, match=expected):
+        tiny_trainer(limit_train_batches=1, limit_val_batches=0).fit(DenoisingModule(net=DnCNN()), data,
+                                                                     ckpt_path=ckpt)
