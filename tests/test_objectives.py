@@ -328,3 +328,22 @@ def test_neighbor2neighbor_refuses_the_baseline_network_before_training(mnist_di
     with pytest.raises(ValueError, match="ConvAutoencoder takes only 28x28 images: use a fully convolutional"):
         tiny_trainer().fit(module, fixed_dm(mnist_dir))
     assert module.train_noise_seed is None  # no step ran
+
+
+@pytest.mark.slow
+def test_a_self_supervised_checkpoint_denoises_and_evaluate_names_its_objective(mnist_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    from dae.cli import main
+    from dae.inference import load_model
+    from tests.conftest import fit_args
+
+    monkeypatch.chdir(tmp_path)
+    assert main(fit_args(mnist_dir, "--model.objective=dae.objectives.Noise2Self", "--data.fixed_noise=true",
+                         "--trainer.max_epochs=1")) == 0
+    run = tmp_path / "lightning_logs" / "version_0"
+    module = load_model(run)
+    assert isinstance(module.objective, Noise2Self)
+    assert module(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    assert main(["evaluate", str(run), "--std", "0.5", "--limit", "4", "--tune-limit", "4", "--baselines",
+                 "-o", str(tmp_path / "eval")]) == 0
+    assert "| ConvAutoencoder, GaussianNoise(std=0.5, clip=False), Noise2Self(grid=4) |" in capsys.readouterr().out
