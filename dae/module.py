@@ -149,8 +149,9 @@ class DenoisingModule(L.LightningModule):
                 f"the data has {data_channels} channels but the network takes {net_channels}: set "
                 f"model.net.init_args.in_channels to {data_channels} (the dae command does this by itself)"
             )
-        self.objective.check(self.net, getattr(datamodule, "patch_size", None))
         self.noisy_splits = frozenset(getattr(datamodule, "noisy_splits", ()))
+        noise = None if {"train", "val", "test"} <= self.noisy_splits else self.noise  # noisy photos: unknown
+        self.objective.check(self.net, getattr(datamodule, "patch_size", None), noise)
         name = type(self.objective).__name__
         if self.objective.supervised and self.noisy_splits:
             raise ValueError(

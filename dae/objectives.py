@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dae.noise import GaussianNoise
+
 # Neighbor2Neighbor's ordered pairs of side- or top-adjacent pixels in a 2x2 cell, whose pixels are numbered
 # 0 1 / 2 3 (row by row), as in Huang et al.'s code.
 NEIGHBOUR_PAIRS = ((0, 1), (0, 2), (1, 3), (2, 3), (1, 0), (2, 0), (3, 1), (3, 2))
@@ -37,8 +39,9 @@ class Objective(nn.Module):
         """The denoised batch that validation and test score."""
         return net(noisy)
 
-    def check(self, net: nn.Module, image_size: int | None = None) -> None:
-        """Raise ``ValueError`` when this objective cannot train ``net`` on square images of side ``image_size``."""
+    def check(self, net: nn.Module, image_size: int | None = None, noise: nn.Module | None = None) -> None:
+        """Raise ``ValueError`` when this objective cannot train ``net`` on square images of side ``image_size``
+        whose noise ``noise`` made (None: unknown, the data's own)."""
 
 
 def _randn_like(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -152,7 +155,7 @@ class Neighbor2Neighbor(Objective):
             raise ValueError(f"Neighbor2Neighbor: gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
 
-    def check(self, net: nn.Module, image_size: int | None = None) -> None:
+    def check(self, net: nn.Module, image_size: int | None = None, noise: nn.Module | None = None) -> None:
         size = getattr(net, "input_size", None)
         if size is not None:
             raise ValueError(
@@ -199,6 +202,11 @@ class R2R(Objective):
         self.sigma = float(sigma)
         self.alpha = float(alpha)
         self.eval_passes = eval_passes
+
+    def check(self, net: nn.Module, image_size: int | None = None, noise: nn.Module | None = None) -> None:
+        if isinstance(noise, GaussianNoise) and isinstance(noise.std, float) and noise.std != self.sigma:
+            raise ValueError(f"R2R: sigma {self.sigma} is not the std {noise.std} of model.noise, which makes the "
+                             f"noisy images: set model.objective.init_args.sigma to {noise.std}")
 
     def recorrupt(self, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The pair ``(y + alpha*sigma*z, y - sigma/alpha*z)`` for one draw of ``z``."""

@@ -135,6 +135,13 @@ def test_r2r_recorrupted_pair_has_independent_noises_of_the_right_variance():
     torch.testing.assert_close(cov, expected, atol=0.01, rtol=0.01)
 
 
+def test_r2r_refuses_a_sigma_other_than_the_noise_std_before_training(mnist_dir, tiny_trainer):
+    module = DenoisingModule(net=UNet(width=8, depth=2), objective=R2R(sigma=0.3))
+    with pytest.raises(ValueError, match="R2R: sigma 0.3 is not the std 0.5 of model.noise.*init_args.sigma to 0.5"):
+        tiny_trainer().fit(module, fixed_dm(mnist_dir))
+    R2R(sigma=0.3).check(UNet(), 28, None)  # noisy photos: the std is the user's to know
+
+
 def test_r2r_validation_averages_its_recorrupted_passes():
     y = torch.rand(2, 1, 8, 8)
     passes = []
