@@ -164,7 +164,8 @@ class DenoisingModule(L.LightningModule):
         served = getattr(datamodule, "observations", 1)
         if "train" in self.noisy_splits and served != self.objective.observations:
             fix = ("give data.pair_dirs, two sub-folders that hold two noisy shots of each picture under one name"
-                   if self.objective.observations == 2 else "use dae.objectives.Noise2Noise, or leave out data.pair_dirs")
+                   if self.objective.observations == 2
+                   else "use dae.objectives.Noise2Noise, or leave out data.pair_dirs")
             raise ValueError(f"{name} trains on {self.objective.observations} noisy observation(s) of each image, "
                              f"but the data serves {served}: {fix}")
 

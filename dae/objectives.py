@@ -76,6 +76,8 @@ class Noise2Self(Objective):
     ``J`` is a grid of one pixel in every ``grid x grid`` block (a random phase per image) and ``y_J'`` is ``y``
     with each pixel of ``J`` replaced by the mean of its 8 neighbours, so the network never sees the pixels it is
     scored on. For noise independent between pixels the minimiser is the clean image's J-invariant estimate.
+    The network must not be residual: its identity path would pass each pixel's noise through at inference,
+    where no pixel is hidden.
     """
 
     def __init__(self, grid: int = 4) -> None:
@@ -83,6 +85,14 @@ class Noise2Self(Objective):
         if grid < 2:
             raise ValueError(f"Noise2Self: grid must be >= 2 (a blind spot needs unmasked neighbours), got {grid}")
         self.grid = grid
+
+    def check(self, net: nn.Module, image_size: int | None = None, noise: nn.Module | None = None) -> None:
+        if getattr(net, "residual", False):
+            raise ValueError(
+                f"Noise2Self hides each scored pixel from the network, but a residual {type(net).__name__} adds its "
+                "input back, so at inference every pixel's noise passes through: set "
+                "model.net.init_args.residual to false"
+            )
 
     def mask(self, y: Tensor, generator: torch.Generator) -> Tensor:
         """A bool mask (B, 1, H, W): the pixels at (phase_row + grid*i, phase_col + grid*j), phases per image."""

@@ -73,7 +73,8 @@ def test_noise2noise_trains_on_pairs_and_validation_logs_its_loss(tmp_path, tiny
 
 @pytest.mark.parametrize("objective", [Noise2Self(), Neighbor2Neighbor()], ids=lambda o: type(o).__name__)
 def test_noisy_folder_trains_single_shot_objectives(objective, image_dir, tiny_trainer):
-    module = DenoisingModule(net=UNet(in_channels=3, width=8, depth=2), objective=objective)
+    net = UNet(in_channels=3, width=8, depth=2, residual=not isinstance(objective, Noise2Self))
+    module = DenoisingModule(net=net, objective=objective)
     dm = ImageFolderDataModule(str(image_dir), channels=3, patch_size=32, batch_size=4, noisy=True)
     trainer = tiny_trainer(limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, dm)

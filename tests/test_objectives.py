@@ -45,11 +45,12 @@ OBJECTIVES = [Supervised(), Noise2Noise(), Noise2Self(), Neighbor2Neighbor(), R2
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: type(o).__name__)
-@pytest.mark.parametrize("make_net", [lambda: UNet(width=8, depth=2), lambda: DnCNN(depth=4, width=8)],
-                         ids=["unet", "dncnn"])
+@pytest.mark.parametrize("make_net", [lambda **kw: UNet(width=8, depth=2, **kw),
+                                      lambda **kw: DnCNN(depth=4, width=8, **kw)], ids=["unet", "dncnn"])
 def test_each_objective_lowers_its_loss_and_keeps_the_shapes(objective, make_net):
     torch.manual_seed(0)
-    net, clean = make_net(), clean_batch(n=4, size=20)  # 20x20: not the 28x28 of MNIST
+    net, clean = make_net(residual=not isinstance(objective, Noise2Self)), clean_batch(n=4, size=20)  # not 28x28
+    objective.check(net, 20)
     views = views_for(objective, clean)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
 
@@ -88,6 +89,12 @@ def test_neighbor2neighbor_refuses_a_network_of_fixed_input_size_and_odd_sides()
         Neighbor2Neighbor().check(UNet(), 33)
     with pytest.raises(ValueError, match="must be even, got 28x27"):
         Neighbor2Neighbor()(UNet(), [torch.rand(2, 1, 28, 27)], torch_generator(0))
+
+
+def test_noise2self_refuses_a_residual_network():
+    with pytest.raises(ValueError, match="residual UNet adds its input back.* residual to false"):
+        Noise2Self().check(UNet(residual=True))
+    Noise2Self().check(UNet(residual=False))
 
 
 def test_noise2self_loss_ignores_the_pixels_it_does_not_mask():
@@ -311,7 +318,8 @@ def test_fixed_noisy_observations_are_the_same_every_epoch_and_after_a_resume(mn
 @pytest.mark.parametrize("objective", OBJECTIVES[1:], ids=lambda o: type(o).__name__)
 def test_self_supervised_training_scores_against_the_clean_validation_images(objective, mnist_dir, tiny_trainer):
     L.seed_everything(0)
-    module = DenoisingModule(net=UNet(width=8, depth=2), objective=objective)
+    net = UNet(width=8, depth=2, residual=not isinstance(objective, Noise2Self))
+    module = DenoisingModule(net=net, objective=objective)
     trainer = tiny_trainer(limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(module, fixed_dm(mnist_dir))
     logged = trainer.callback_metrics
