@@ -92,7 +92,7 @@ def test_neighbor2neighbor_refuses_a_network_of_fixed_input_size_and_odd_sides()
 
 
 def test_noise2self_refuses_a_residual_network():
-    with pytest.raises(ValueError, match="residual UNet adds its input back.* residual to false"):
+    with pytest.raises(ValueError, match="residual UNet adds its input back.*init_args.residual to false"):
         Noise2Self().check(UNet(residual=True))
     Noise2Self().check(UNet(residual=False))
 
