@@ -40,8 +40,9 @@ class ImageGridCallback(L.Callback):
     ) -> None:
         if batch_idx != 0 or trainer.sanity_checking or not isinstance(outputs, dict):
             return
-        n = min(self.num_images, len(outputs["clean"]))
-        rows = [outputs[key][:n].detach().float().clamp(0, 1).cpu() for key in ("clean", "noisy", "denoised")]
+        keys = [key for key in ("clean", "noisy", "denoised") if key in outputs]  # noisy photos have no clean row
+        n = min(self.num_images, len(outputs["noisy"]))
+        rows = [outputs[key][:n].detach().float().clamp(0, 1).cpu() for key in keys]
         grid = make_grid(torch.cat(rows), nrow=n, padding=2, pad_value=1.0)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

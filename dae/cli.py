@@ -102,7 +102,7 @@ class RunConfigCallback(SaveConfigCallback):
 
 
 # Options that take a class, and the module whose classes they are usually chosen from.
-CLASS_OPTIONS = {"model.net": "dae.nets", "model.noise": "dae.noise"}
+CLASS_OPTIONS = {"model.net": "dae.nets", "model.noise": "dae.noise", "model.objective": "dae.objectives"}
 
 
 def module_classes(module_name: str) -> list[str]:

@@ -15,10 +15,12 @@ from typing import Sequence
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from dae.module import to_unit_float
 from dae.sampling import DeviceBatchSampler, EpochShuffleSampler, ResumableDataLoader
+from dae.seeding import torch_generator
 
 # IDX magic numbers: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
 _IDX_UBYTE = 0x08
@@ -178,10 +180,14 @@ class InMemoryDataModule(L.LightningDataModule):
     """What every dae data module shares: datasets built in ``setup``, served as uint8 batches (B, C, H, W).
 
     Subclasses set ``channels`` (the network's ``in_channels`` follows it) and fill ``train_set``,
-    ``val_set`` and ``test_set`` in ``setup``; the test split also serves ``predict``.
+    ``val_set`` and ``test_set`` in ``setup``; the test split also serves ``predict``. Splits named in
+    ``noisy_splits`` hold noisy observations and no clean images: batches (B, C, H, W), or (B, K, C, H, W) for
+    ``observations`` K > 1.
     """
 
     channels: int = 1
+    noisy_splits: frozenset[str] = frozenset()
+    observations: int = 1
     train_sampler: type[EpochShuffleSampler] = EpochShuffleSampler  # how the training loader orders the data
 
     def __init__(self, batch_size: int, num_workers: int) -> None:
@@ -212,6 +218,10 @@ class InMemoryDataModule(L.LightningDataModule):
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = self.train_sampler(dataset, self._shuffle_seed(), world_size, rank)
         return ResumableDataLoader(dataset, sampler, **kwargs)
+
+    def observe(self, noise: nn.Module, count: int) -> None:
+        """Called by the model before training with its noise model and the number of noisy observations of each
+        image its objective needs; data that noises its clean training images once does it here."""
 
     def _shuffle_seed(self) -> int:
         # The training order follows seed_everything; under DDP rank 0's seed wins so that all ranks agree.
@@ -252,7 +262,16 @@ class MNISTDataModule(InMemoryDataModule):
         on_device: keep the images on the training device (a GPU) and slice batches there, so that no step
             waits for the host; the batches are the same as without it (also under DDP, and when resuming
             mid-epoch). Needs ``num_workers: 0``. ``predict`` reads from the host as usual.
+        fixed_noise: train as a user without clean images would: before training each training image is
+            noised once (twice for Noise2Noise) with the model's noise model, and only these noisy
+            observations are kept and served for training, the same in every epoch and run. Validation and
+            test images stay clean, for scoring. Needs a self-supervised ``model.objective``.
+        noise_seed: seed of those observations: image ``i`` of the training file gets the noise of the key
+            (noise_seed, observation, i // 4096) (``dae.seeding``), whatever ``val_split`` and the batches are.
     """
+
+    # The fixed observations are drawn a block of the training file at a time, one generator per block.
+    OBSERVATION_BLOCK = 4096
 
     def __init__(
         self,
@@ -264,6 +283,8 @@ class MNISTDataModule(InMemoryDataModule):
         num_workers: int = 0,
         download: bool = True,
         on_device: bool = False,
+        fixed_noise: bool = False,
+        noise_seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
         if dataset not in DATASETS:
@@ -283,6 +304,11 @@ class MNISTDataModule(InMemoryDataModule):
         self.split_seed = split_seed
         self.download = download
         self.on_device = on_device
+        self.fixed_noise = fixed_noise
+        self.noise_seed = noise_seed
+        self.noisy_splits = frozenset({"train"}) if fixed_noise else frozenset()
+        self._train_file: Tensor | None = None  # the clean training file until observe() has noised it
+        self._train_index: Tensor | None = None
 
     @property
     def spec(self) -> IDXDataset:
@@ -354,10 +380,35 @@ class MNISTDataModule(InMemoryDataModule):
             images = self._load("train")
             n_train, _ = split_sizes(len(images), self.val_split)
             perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
-            self.train_set = ImageTensorDataset(images[perm[:n_train]])
             self.val_set = ImageTensorDataset(images[perm[n_train:]])
+            if self.fixed_noise:  # no training set until observe() has noised it
+                self._train_file, self._train_index = images, perm[:n_train]
+            else:
+                self.train_set = ImageTensorDataset(images[perm[:n_train]])
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = ImageTensorDataset(self._load("test"))
+
+    def observe(self, noise: nn.Module, count: int) -> None:
+        """With ``fixed_noise``: the training set becomes ``count`` noisy observations of each training image,
+        drawn once with ``noise``, and the clean training images are dropped."""
+        if not self.fixed_noise or self._train_file is None:
+            return
+        blocks = self._train_file.split(self.OBSERVATION_BLOCK)
+        observations = torch.stack([
+            torch.cat([noise(to_unit_float(block), generator=torch_generator(self.noise_seed, k, b))
+                       for b, block in enumerate(blocks)])
+            for k in range(count)
+        ], dim=1)  # (N, count, 1, H, W), in the training file's order
+        observations = observations[self._train_index]
+        self.train_set = ImageTensorDataset(observations[:, 0] if count == 1 else observations)
+        self.observations = count
+        self._train_file = self._train_index = None
+
+    def train_dataloader(self) -> DataLoader:
+        if self.fixed_noise and self.train_set is None:
+            raise RuntimeError("fixed_noise: the training images are noised by observe(noise, count) after setup() "
+                               "(DenoisingModule does it before training)")
+        return super().train_dataloader()
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if self.on_device and isinstance(dataset, ImageTensorDataset):

@@ -151,6 +151,8 @@ def _network_methods(paths: Sequence[str], batch_size: int) -> tuple[list[Networ
         name = f"{type(module.net).__name__}, {module.noise!r}"
         if module.loss != "mse":  # two runs that differ only in their loss stay apart in the table
             name += f", {module.loss} loss"
+        if not module.objective.supervised:  # and so do runs that differ only in their objective
+            name += f", {module.objective!r}"
         methods.append(NetworkMethod(name, module, str(file), batch_size))
     names = [m.name for m in methods]
     for number, method in enumerate(methods, 1):

@@ -4,6 +4,9 @@ Every readable image is decoded once into a uint8 tensor (C, H, W) held in memor
 ``patch_size`` crops (a fresh position every epoch); validation and test serve fixed centre crops, so their
 numbers compare across epochs and runs. Each file's split (train, val or test) follows from a hash of its path
 alone, so that adding or removing pictures, or changing ``patch_size``, moves no other picture between splits.
+
+Folders of photos that are noisy already (``noisy``) get no synthetic noise and train a self-supervised objective;
+Noise2Noise pairs are two files of the same name in two sub-folders (``pair_dirs``), cropped alike.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class RandomPatchDataset(Dataset):
         seed, epoch, index = key
         image = self.images[index % len(self.images)]
         rng = numpy_generator(seed, epoch, index)
-        top, left = (int(rng.integers(side - self.patch_size + 1)) for side in image.shape[1:])
+        top, left = (int(rng.integers(side - self.patch_size + 1)) for side in image.shape[-2:])
         return TF.crop(image, top, left, self.patch_size, self.patch_size)
 
     def __getitems__(self, keys: list[tuple[int, int, int]]) -> Tensor:
@@ -155,6 +158,11 @@ class ImageFolderDataModule(InMemoryDataModule):
             to these fractions, and a file stays in its split whatever else is added, removed or skipped.
         split_seed: seed of that hash.
         num_workers: DataLoader worker processes.
+        noisy: the files are noisy photos, with no clean version: every split serves them as they are (no
+            synthetic noise is added), the model needs a self-supervised objective, and validation and test
+            log that objective's loss instead of PSNR/SSIM.
+        pair_dirs: two sub-folders of ``data_dir`` that hold two noisy shots of each picture under the same
+            relative path, for Noise2Noise (implies ``noisy``); both shots get the same crops.
     """
 
     train_sampler = KeyedEpochSampler
@@ -170,8 +178,12 @@ class ImageFolderDataModule(InMemoryDataModule):
         test_split: float = 0.1,
         split_seed: int = 42,
         num_workers: int = 0,
+        noisy: bool = False,
+        pair_dirs: list[str] | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        if pair_dirs is not None and (len(pair_dirs) != 2 or pair_dirs[0] == pair_dirs[1]):
+            raise ValueError(f"pair_dirs must name two different sub-folders of data_dir, got {pair_dirs}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
         if patch_size < 1:
@@ -193,13 +205,18 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.val_split = val_split
         self.test_split = test_split
         self.split_seed = split_seed
+        self.noisy = noisy or pair_dirs is not None
+        self.pair_dirs = pair_dirs
+        if self.noisy:
+            self.noisy_splits = frozenset(SPLITS)
+            self.observations = 2 if pair_dirs is not None else 1
         self.split_files: dict[str, list[str]] = {}  # after setup: each split's files, relative to data_dir
         self._splits: dict[str, list[Tensor]] | None = None
 
     def _split_images(self) -> dict[str, list[Tensor]]:
         """Decode the folder once and split it: {'train': [...], 'val': [...], 'test': [...]}."""
         if self._splits is None:
-            images = load_image_folder(Path(self.data_dir), self.channels, self.patch_size)
+            images = self._load()
             files: dict[str, list[str]] = {split: [] for split in SPLITS}
             for name in images:
                 files[split_of(name, self.split_seed, self.val_split, self.test_split)].append(name)
@@ -213,6 +230,25 @@ class ImageFolderDataModule(InMemoryDataModule):
             self.split_files = files
             self._splits = {split: [images[name] for name in names] for split, names in files.items()}
         return self._splits
+
+    def _load(self) -> dict[str, Tensor]:
+        """Every image by its relative path: (C, H, W), or (2, C, H, W) for the two shots of a pair."""
+        root = Path(self.data_dir)
+        if self.pair_dirs is None:
+            return load_image_folder(root, self.channels, self.patch_size)
+        first, second = (load_image_folder(root / d, self.channels, self.patch_size) for d in self.pair_dirs)
+        unpaired = sorted(set(first) ^ set(second))
+        if unpaired:
+            raise ValueError(
+                f"{len(unpaired)} pictures in {root} have no partner of the same name in the other pair_dirs "
+                f"sub-folder ({', '.join(unpaired[:_NAMED_IN_WARNING])}): every picture needs two noisy shots"
+            )
+        for name in first:
+            if first[name].shape != second[name].shape:
+                raise ValueError(f"{name} has different sizes in {root / self.pair_dirs[0]} "
+                                 f"{tuple(first[name].shape)} and {root / self.pair_dirs[1]} "
+                                 f"{tuple(second[name].shape)}: the two shots of a pair must be the same size")
+        return {name: torch.stack([first[name], second[name]]) for name in first}
 
     def _centre_crops(self, images: list[Tensor]) -> ImageTensorDataset:
         return ImageTensorDataset(torch.stack([TF.center_crop(img, [self.patch_size]) for img in images]))

@@ -1,4 +1,4 @@
-"""The LightningModule: noisy input in, clean image out, MSE loss, Adam."""
+"""The LightningModule: noisy input in, denoised image out; the objective says what is minimised; Adam."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from dae.nets import ConvAutoencoder
 from dae.noise import GaussianNoise
+from dae.objectives import Objective, Supervised
 from dae.seeding import torch_generator
 
 STAGES = ("val", "test")
@@ -46,11 +47,18 @@ def image_metrics(prefix: str) -> MetricCollection:
 
 
 class DenoisingModule(L.LightningModule):
-    """Trains ``net`` to undo ``noise``: ``net(noise(clean)) ~ clean`` under MSE, with Adam.
+    """Trains ``net`` to undo ``noise`` with Adam: ``net(noise(clean)) ~ clean`` under MSE, or under a
+    self-supervised ``objective`` from noisy observations alone.
 
     Args:
         net: the denoising network (default: the baseline ``ConvAutoencoder``).
-        noise: the noise model (default: the baseline's ``GaussianNoise(std=0.5)``).
+        noise: the noise model (default: the baseline's ``GaussianNoise(std=0.5)``). Data that serves noisy
+            observations (``MNISTDataModule(fixed_noise=True)`` noised once with it; a folder of noisy photos not
+            at all) gets no noise added in the splits it serves noisy.
+        objective: what training minimises (``dae.objectives``): ``Supervised`` (the default) against the clean
+            images; ``Noise2Noise``, ``Noise2Self``, ``Neighbor2Neighbor`` or ``R2R`` from noisy observations only.
+            Validation and test with clean images log the MSE to them as ``val/loss``; without (noisy photos)
+            the objective's own loss.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         loss: ``mse`` (the baseline) minimises the batch's mean squared error. ``psnr`` minimises minus the mean
@@ -75,6 +83,7 @@ class DenoisingModule(L.LightningModule):
         self,
         net: nn.Module | None = None,
         noise: nn.Module | None = None,
+        objective: Objective | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
         loss: Literal["mse", "psnr"] = "mse",
@@ -93,6 +102,10 @@ class DenoisingModule(L.LightningModule):
             raise ValueError(f"loss must be 'mse' or 'psnr', got {loss!r}")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        objective = objective if objective is not None else Supervised()
+        if loss == "psnr" and not objective.supervised:
+            raise ValueError(f"loss 'psnr' scores against clean images, which {type(objective).__name__} has not: "
+                             "use loss 'mse'")
         with warnings.catch_warnings():
             # Under LightningCLI the hparams hold net/noise as plain {class_path, init_args} data, which is what
             # makes checkpoints self-describing; module objects (plain Python use) are dropped just below.
@@ -102,6 +115,8 @@ class DenoisingModule(L.LightningModule):
             del self.hparams[key]
         self.net = net if net is not None else ConvAutoencoder()
         self.noise = noise if noise is not None else GaussianNoise()
+        self.objective = objective
+        self.noisy_splits: frozenset[str] = frozenset()  # splits the data serves noisy, without clean images
         self.lr = lr
         self.weight_decay = weight_decay
         self.loss = loss
@@ -124,14 +139,35 @@ class DenoisingModule(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        """Refuse data whose channel count the network does not take, before any step runs."""
-        data_channels = getattr(self.trainer.datamodule, "channels", None)
+        """Refuse data that the network or the objective cannot take, before any step runs; data that noises its
+        training images once (``observe``) does it now, with this module's noise model."""
+        datamodule = self.trainer.datamodule
+        data_channels = getattr(datamodule, "channels", None)
         net_channels = getattr(self.net, "in_channels", None)
         if data_channels is not None and net_channels is not None and data_channels != net_channels:
             raise ValueError(
                 f"the data has {data_channels} channels but the network takes {net_channels}: set "
                 f"model.net.init_args.in_channels to {data_channels} (the dae command does this by itself)"
             )
+        self.noisy_splits = frozenset(getattr(datamodule, "noisy_splits", ()))
+        noise = None if {"train", "val", "test"} <= self.noisy_splits else self.noise  # noisy photos: unknown
+        self.objective.check(self.net, getattr(datamodule, "patch_size", None), noise)
+        name = type(self.objective).__name__
+        if self.objective.supervised and self.noisy_splits:
+            raise ValueError(
+                f"the Supervised objective needs clean images, but the data serves only noisy observations for "
+                f"{', '.join(sorted(self.noisy_splits))}: choose a self-supervised model.objective from "
+                "dae.objectives (Noise2Noise, Noise2Self, Neighbor2Neighbor, R2R)"
+            )
+        if stage == "fit" and hasattr(datamodule, "observe"):
+            datamodule.observe(self.noise, self.objective.observations)
+        served = getattr(datamodule, "observations", 1)
+        if "train" in self.noisy_splits and served != self.objective.observations:
+            fix = ("give data.pair_dirs, two sub-folders that hold two noisy shots of each picture under one name"
+                   if self.objective.observations == 2
+                   else "use dae.objectives.Noise2Noise, or leave out data.pair_dirs")
+            raise ValueError(f"{name} trains on {self.objective.observations} noisy observation(s) of each image, "
+                             f"but the data serves {served}: {fix}")
 
     def forward(self, noisy: Tensor) -> Tensor:
         return self.net(noisy)
@@ -152,7 +188,7 @@ class DenoisingModule(L.LightningModule):
         return self._noise_generator("train", self.train_noise_seed, self.trainer.fit_loop.epoch_loop.total_batch_idx)
 
     def _clean(self, batch: Tensor) -> Tensor:
-        """A batch of images as floats in [0, 1], in the network's memory layout."""
+        """A batch of images as floats (uint8 scaled to [0, 1]), in the network's memory layout."""
         clean = to_unit_float(batch)
         return clean.contiguous(memory_format=torch.channels_last) if self.channels_last else clean
 
@@ -162,22 +198,40 @@ class DenoisingModule(L.LightningModule):
         per_image_mse = (denoised.float() - clean).pow(2).flatten(1).mean(1)
         return 10 * torch.log10(per_image_mse.clamp(min=PSNR_LOSS_MSE_FLOOR)).mean()
 
+    def _views(self, batch: Tensor) -> list[Tensor]:
+        """The noisy observations in a batch the data serves noisy: (B, C, H, W), or (B, K, C, H, W) for K."""
+        return [self._clean(view) for view in (batch.unbind(1) if batch.ndim == 5 else (batch,))]
+
     def _shared_step(self, batch: Tensor, batch_idx: int, stage: str) -> dict[str, Tensor]:
-        clean = self._clean(batch)
         if stage == "train":
             generator = self._train_generator()
         else:  # seeded per batch, so every epoch and every run with the same batches sees the same noisy images
             generator = self._noise_generator(stage, self.eval_noise_seed, batch_idx)
-        noisy = self.noise(clean, generator=generator)
-        denoised = self.net(noisy)
-        loss = F.mse_loss(denoised, clean)
+        if stage in self.noisy_splits:  # the data's own noisy observations: no clean image reaches this step
+            clean, views = None, self._views(batch)
+        else:
+            clean = self._clean(batch)
+            draws = self.objective.observations if stage == "train" else 1
+            views = [self.noise(clean, generator=generator) for _ in range(draws)]
+        noisy = views[0]
+        if stage == "train":
+            targets = [clean] if self.objective.supervised else []  # only the supervised objective sees them
+            loss, denoised = self.objective(self.net, views + targets, generator)
+        elif clean is None:  # no clean image to score against: the objective's own loss is the curve to watch
+            loss = self.objective(self.net, views, generator)[0]
+            denoised = self.objective.denoise(self.net, noisy, generator)
+        else:
+            denoised = self.objective.denoise(self.net, noisy, generator)
+            loss = F.mse_loss(denoised, clean)
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
             self.train_loss.update(loss.detach())  # logged once per epoch, in on_train_epoch_end
             if self.loss == "psnr":
                 loss = self._psnr_loss(denoised, clean)  # what is minimised; the MSE stays what is logged
         else:
-            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(clean))
+            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(noisy))
+            if clean is None:
+                return {"loss": loss, "noisy": noisy, "denoised": denoised}
             denoised, noisy_c = denoised.detach().float().clamp(0, 1), noisy.detach().float()
             self.eval_metrics[stage](denoised, clean)
             self.noisy_psnr[stage](noisy_c, clean)
@@ -198,9 +252,13 @@ class DenoisingModule(L.LightningModule):
         return self._shared_step(batch, batch_idx, "test")
 
     def predict_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Denoised images in [0, 1] for a batch of clean images, noised with seeded noise of its own stream."""
-        generator = self._noise_generator("predict", self.eval_noise_seed, batch_idx, dataloader_idx)
-        noisy = self.noise(self._clean(batch), generator=generator)
+        """Denoised images in [0, 1] for a batch of clean images, noised with seeded noise of its own stream (or
+        for a batch of the data's own noisy images, as they are)."""
+        if "test" in self.noisy_splits:
+            noisy = self._views(batch)[0]
+        else:
+            generator = self._noise_generator("predict", self.eval_noise_seed, batch_idx, dataloader_idx)
+            noisy = self.noise(self._clean(batch), generator=generator)
         return self.net(noisy).clamp(0, 1)  # residual networks (UNet, DnCNN) are not bounded by themselves
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
