@@ -58,7 +58,7 @@ DEFAULT_CALLBACKS = {
     "sigterm_checkpoint": ("dae.checkpointing.SigtermCheckpoint", {},
                            "checkpoints/last.ckpt when SIGTERM stops training"),
     "lr_monitor": ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"},
-                   "the learning rate of each logged step (train/lr under a schedule, else lr-Adam)"),
+                   "train/lr: the learning rate of each logged step"),
     "image_grid": ("dae.callbacks.ImageGridCallback", {}, "val/images: clean, noisy and denoised validation images"),
     "loss_plot": ("dae.callbacks.LossPlotCallback", {}, "loss.png in the run folder at the end of fit"),
     "tensorboard_run": ("dae.callbacks.TensorBoardRunCallback", {}, "TensorBoard HPARAMS tab and restart marks"),
@@ -66,7 +66,7 @@ DEFAULT_CALLBACKS = {
     "prediction_writer": ("dae.callbacks.PredictionImageWriter", {}, "dae predict: the denoised images as PNGs"),
     # Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
     # metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
-    # tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (BENCHMARKS.md).
+    # tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (docs/benchmarks.md).
     "progress_bar": ("lightning.pytorch.callbacks.TQDMProgressBar", {"refresh_rate": 20},
                      "the progress bar (--trainer.enable_progress_bar false switches it off)"),
 }

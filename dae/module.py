@@ -72,7 +72,7 @@ class DenoisingModule(L.LightningModule):
         eval_noise_seed: seed of the validation, test and prediction noise (each stage draws from a stream of
             its own), so that their numbers compare across runs.
         channels_last: keep the network's weights and the image batches in channels-last memory layout,
-            which the CPU (oneDNN) and GPU (cuDNN) convolution kernels run faster (measured in BENCHMARKS.md).
+            which the CPU (oneDNN) and GPU (cuDNN) convolution kernels run faster (measured in docs/benchmarks.md).
         fused_adam: update all parameters with Adam's fused kernel (one call per step instead of a loop over
             parameters); the same update up to rounding.
         compile: compile the network with ``torch.compile`` (the first steps are slow while it compiles; the
@@ -292,14 +292,18 @@ class DenoisingModule(L.LightningModule):
             self.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=self.fused_adam or None
         )
         if self.lr_schedule == "constant":
-            return optimizer
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError(
-                "lr_schedule 'cosine' needs to know how long the run is: set trainer.max_epochs or trainer.max_steps"
-            )
-        # Stepped every optimizer step (not every epoch), so that a run resumed mid-epoch goes on exactly.
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(total_steps), 1))
+            # A schedule that keeps the rate, only so that LearningRateMonitor logs it as train/lr: without one the
+            # tag is "lr-Adam", a TensorBoard section of its own that would head the first page.
+            scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        else:
+            total_steps = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total_steps):
+                raise ValueError(
+                    "lr_schedule 'cosine' needs to know how long the run is: set trainer.max_epochs or "
+                    "trainer.max_steps"
+                )
+            # Stepped every optimizer step (not every epoch), so that a run resumed mid-epoch goes on exactly.
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(total_steps), 1))
         # "name": the tag under which LearningRateMonitor logs each step's rate.
         schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}

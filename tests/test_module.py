@@ -30,7 +30,7 @@ def test_defaults_are_the_baseline():
     module = DenoisingModule()
     assert isinstance(module.net, ConvAutoencoder)
     assert isinstance(module.noise, GaussianNoise) and module.noise.std == 0.5 and not module.noise.clip
-    opt = module.configure_optimizers()
+    opt = module.configure_optimizers()["optimizer"]
     assert isinstance(opt, torch.optim.Adam)
     assert opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 1e-5
 
@@ -181,10 +181,10 @@ def test_speed_settings_reach_the_network_and_the_optimizer():
     module = DenoisingModule()
     conv = module.net.encoder[2].weight  # 16 input channels: the two layouts differ
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    assert module.configure_optimizers().defaults["fused"] is True
+    assert module.configure_optimizers()["optimizer"].defaults["fused"] is True
     plain = DenoisingModule(channels_last=False, fused_adam=False)
     assert plain.net.encoder[2].weight.is_contiguous()
-    assert not plain.configure_optimizers().defaults["fused"]
+    assert not plain.configure_optimizers()["optimizer"].defaults["fused"]
 
 
 class LrRecorder(L.Callback):

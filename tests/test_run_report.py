@@ -29,7 +29,10 @@ def test_fit_ends_by_scoring_the_test_split_with_the_best_checkpoint(mnist_dir, 
     scalars = read_scalars(run)
     for tag in ("test/loss", "test/psnr", "test/ssim", "test/psnr_noisy"):
         assert scalars[tag][-1][1] == pytest.approx(saved[tag], rel=1e-6), tag  # the same numbers in TensorBoard
-    assert "epoch" not in scalars  # Lightning's lone epoch card does not head TensorBoard's first page
+    # Every tag is in a section (train/, val/, test/): no lone card such as Lightning's "epoch" or the learning
+    # rate's "lr-Adam" heads TensorBoard's first page.
+    assert [tag for tag in scalars if "/" not in tag] == []
+    assert "train/lr" in scalars
 
     assert f"test/psnr {saved['test/psnr']:.2f} dB" in out
     assert "Run folder: lightning_logs/version_0" in out
