@@ -124,9 +124,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="fully convolutional networks: denoise in overlapping NxN tiles instead of the whole "
                         "image, so that memory is bounded by the tile on big images")
     parser.add_argument("--tile-margin", type=int, metavar="M",
-                        help="with --tile: tiles overlap by 2*M pixels and are blended there (default: the "
-                        "network's receptive radius, at most N/16, which costs at most 1.3x the compute of the "
-                        "whole image)")
+                        help="with --tile: tiles overlap by 2*M pixels, and each pixel comes from the tile in which "
+                        "it lies at least M pixels from the edge (default: the network's receptive radius, at most "
+                        "N/32, which adds about 14%% to the compute of the whole image)")
     add_allow_class_option(parser)
     parser.add_argument("--add-noise", type=float, metavar="STD",
                         help="add Gaussian noise of this std (pixel range 0..1) first, to demo on clean pictures")

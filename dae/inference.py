@@ -216,17 +216,26 @@ def receptive_radius(net: nn.Module, like: Tensor) -> int:
     return int((reached - torch.tensor(centre, device=reached.device)).abs().max()) if len(reached) else 0
 
 
-def tile_window(length: int, ramp: int) -> Tensor:
-    """Blending weights along one side of a tile: rising linearly over the ``ramp`` pixels at each end, 1 between.
+def tile_weights(starts: list[int], tile: int, ramp: int) -> list[Tensor]:
+    """Blending weights of each tile's pixels along one side, for tiles of ``tile`` pixels at ``starts``.
 
-    Neighbouring tiles overlap by ``ramp`` pixels, where one tile's weights fall as the other's rise, so the
-    result fades from one tile to the next (no seam) and each pixel is taken mostly from the tile that sees
-    the most context around it.
+    Where two tiles overlap, the first hands over to the second at the middle of the overlap: at once when
+    ``ramp`` is 0, so that each pixel comes from the tile that sees the most context around it (at least half
+    the overlap on each side), else linearly over ``ramp`` pixels, so that tiles fade into each other.
     """
-    position = torch.arange(length) + 0.5
-    if ramp < 1:
-        return torch.ones(length)
-    return torch.minimum(position, length - position).div(ramp).clamp(max=1.0)
+    def later_share(x: Tensor, middle: float) -> Tensor:
+        return ((x - middle) / ramp + 0.5).clamp(0, 1) if ramp > 0 else (x >= middle).float()
+
+    weights = []
+    for i, start in enumerate(starts):
+        x = start + torch.arange(tile) + 0.5  # pixel centres
+        weight = torch.ones(tile)
+        if i > 0:
+            weight *= later_share(x, (starts[i - 1] + tile + start) / 2)
+        if i + 1 < len(starts):
+            weight *= 1 - later_share(x, (start + tile + starts[i + 1]) / 2)
+        weights.append(weight)
+    return weights
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -251,37 +260,43 @@ def _tile(images: Tensor, top: int, left: int, th: int, tw: int) -> Tensor:
 
 def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], margin: int,
                   batch_size: int | None = None, fixed_size: bool = True) -> Tensor:
-    """Run ``net`` over overlapping tiles of ``images`` (N, C, H, W) and blend the results (any H, W).
+    """Run ``net`` over overlapping tiles of ``images`` (N, C, H, W) and put the results together (any H, W).
 
-    Tiles step by ``tile - 2 * margin``, so neighbours overlap by ``2 * margin`` pixels and a pixel's result
-    comes from tiles that see at least about ``margin`` pixels around it. Tiles go through the network
-    ``batch_size`` at a time (default: about ``PIXELS_PER_PASS`` pixels) and are added into running sums of
-    outputs and weights, so memory holds the image, its result and one batch of tiles, never all tiles at
-    once. ``fixed_size``: the network takes only ``tile`` (images smaller than a tile are padded); otherwise
-    a tile shrinks to an image side smaller than it.
+    Tiles step by ``tile - 2 * margin``, so neighbours overlap by ``2 * margin`` pixels. ``fixed_size``: the
+    network takes only ``tile`` (an image smaller than a tile is padded), and overlapping tiles fade into each
+    other over the whole overlap. Otherwise (fully convolutional networks) a tile shrinks to an image side
+    smaller than it, and each pixel comes from the tile in which it lies at least ``margin`` pixels from the
+    edge: the same result as the whole image when ``margin`` covers the network's receptive field.
+
+    Tiles go through the network ``batch_size`` at a time (default: about ``PIXELS_PER_PASS`` pixels) and are
+    added into running sums of outputs and weights, so memory holds the image, its result, the weights and
+    one batch of tiles, never all tiles at once.
     """
     n_images, channels, height, width = images.shape
     th, tw = tile if fixed_size else (min(tile[0], height), min(tile[1], width))
     margin_h, margin_w = (min(margin, (side - 1) // 2) for side in (th, tw))
     rows = tile_starts(height, th, th - 2 * margin_h)
     cols = tile_starts(width, tw, tw - 2 * margin_w)
-    window = torch.outer(tile_window(th, 2 * margin_h), tile_window(tw, 2 * margin_w)).to(images)
+    row_weights = tile_weights(rows, th, 2 * margin_h if fixed_size else 0)
+    col_weights = tile_weights(cols, tw, 2 * margin_w if fixed_size else 0)
     if batch_size is None:
         batch_size = max(1, PIXELS_PER_PASS // (th * tw))
     out = torch.zeros_like(images)
     weights = torch.zeros(height, width, dtype=images.dtype, device=images.device)
-    places = [(n, top, left) for n in range(n_images) for top in rows for left in cols]
+    places = [(n, i, j) for n in range(n_images) for i in range(len(rows)) for j in range(len(cols))]
     for first in range(0, len(places), batch_size):
         chunk = places[first : first + batch_size]
-        batch = torch.stack([_tile(images[n], top, left, th, tw) for n, top, left in chunk])
+        batch = torch.stack([_tile(images[n], rows[i], cols[j], th, tw) for n, i, j in chunk])
         result = net(batch)
         if result.shape != batch.shape:
             raise ValueError(f"the network turned a {tuple(batch.shape)} batch of tiles into {tuple(result.shape)}")
-        for (n, top, left), piece in zip(chunk, result):
+        for (n, i, j), piece in zip(chunk, result):
+            top, left = rows[i], cols[j]
             h, w = min(th, height - top), min(tw, width - left)
-            out[n, :, top : top + h, left : left + w] += piece[:, :h, :w] * window[:h, :w]
+            window = torch.outer(row_weights[i][:h], col_weights[j][:w]).to(images)
+            out[n, :, top : top + h, left : left + w] += piece[:, :h, :w] * window
             if n == 0:  # every image has the same tiles
-                weights[top : top + h, left : left + w] += window[:h, :w]
+                weights[top : top + h, left : left + w] += window
     return out.div_(weights)
 
 
@@ -293,10 +308,12 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
     Colour images through a 1-channel network go one channel at a time; a gray image through a colour
     network is repeated over its channels and the outputs averaged. Values are not clipped.
 
-    A network with an ``input_size`` runs over half-overlapping tiles of that size. ``tile`` runs a fully
-    convolutional network over ``tile x tile`` tiles instead of the whole image, so that memory is bounded by
-    the tile: tiles overlap by ``2 * margin`` pixels, by default the network's receptive radius but at most
-    ``tile // 16`` (compute about ``(tile / (tile - 2 * margin))**2`` times the whole image's, 1.3x at most).
+    A network with an ``input_size`` runs over half-overlapping tiles of that size, blended into each other.
+    ``tile`` runs a fully convolutional network over ``tile x tile`` tiles instead of the whole image, so that
+    memory is bounded by the tile: tiles overlap by ``2 * margin`` pixels and each pixel comes from the tile in
+    which it lies at least ``margin`` pixels from the edge. The default margin is the network's receptive
+    radius (then tiles give exactly the whole image's result), at most ``tile // 32``, so that the compute is
+    about ``(tile / (tile - 2 * margin))**2``, at most 1.14 times the whole image's (plus the last tiles' padding).
     ``batch_size`` tiles go through the network at a time (default: about ``PIXELS_PER_PASS`` pixels).
     """
     net_channels = getattr(net, "in_channels", image.shape[0])
@@ -322,7 +339,7 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
     elif tile is not None:
         if margin is None:  # probed on one tile: a forward and backward pass among the many forward ones
             probe = (1, batch.shape[1], min(tile, batch.shape[2]), min(tile, batch.shape[3]))
-            margin = min(tile // 16, receptive_radius(net, batch.new_empty(probe)))
+            margin = min(tile // 32, receptive_radius(net, batch.new_empty(probe)))
         out = denoise_tiled(net, batch, (tile, tile), margin, batch_size, fixed_size=False)
     else:
         out = net(batch)
