@@ -30,6 +30,7 @@ from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
 from dae.export import export_command
 from dae.module import DenoisingModule
+from dae.threads import CoreShareCallback, share_cores
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
@@ -43,7 +44,8 @@ TRAINER_DEFAULTS = {
 
 def default_callbacks() -> list:
     """Callbacks every run gets: the best checkpoint (by val/loss), image grids, loss.png, TensorBoard
-    hparams and restarts, the stop on a non-finite loss, and ``dae predict``'s denoised PNGs.
+    hparams and restarts, the stop on a non-finite loss, ``dae predict``'s denoised PNGs, and the share of
+    the CPU cores re-checked while other dae processes start and end.
 
     ``last.ckpt`` comes from ``LastCheckpoint``, which the CLI exposes as ``last_checkpoint.*``.
     """
@@ -61,6 +63,7 @@ def default_callbacks() -> list:
         TensorBoardRunCallback(),
         NonFiniteLossStop(),
         PredictionImageWriter(),
+        CoreShareCallback(),
     ]
 
 
@@ -203,6 +206,7 @@ def user_error(error: BaseException) -> BaseException | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    share_cores()  # before any parallel work: this process's share of the cores while other dae processes run
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         return COMMANDS[args[0]](args[1:])
