@@ -53,8 +53,7 @@ def child(size: int, tile: int | None, margin: int | None, out: Path) -> None:
 
 
 def run_case(size: int, tile: int | None, margin: int | None, out: Path) -> dict:
-    args = [sys.executable, __file__, "--child", "--size", str(size), "--out", str(out)]
-    args += ["--tile", str(tile)] if tile else []
+    args = [sys.executable, __file__, "--child", "--size", str(size), "--out", str(out), "--tile", str(tile or 0)]
     args += ["--margin", str(margin)] if margin is not None else []
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.size, args.tile, args.margin, args.out)
+        child(args.size, args.tile or None, args.margin, args.out)  # --tile 0: the whole image
         return
     import numpy as np
 
@@ -97,7 +96,8 @@ def main() -> None:
     print(f"largest |tiled - whole| more than {BORDER} px inside the image: {difference:.2e} "
           f"(one 8-bit step is {1 / 255:.2e})")
     for case, runs in results.items():
-        print(f"  {case} seconds per round: {', '.join(f"{r['seconds']:.2f}" for r in runs)}")
+        rounds = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+        print(f"  {case} seconds per round: {rounds}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dae.callbacks import (
     write_loss_plot,
 )
 from dae.checkpointing import LAST_NAME, LastCheckpoint
+from dae.config_files import check_config_files
 from dae.data import InMemoryDataModule
 from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
@@ -211,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in COMMANDS:
         return COMMANDS[args[0]](args[1:])
     try:
+        check_config_files(args)  # a broken --config file fails here in one line that names it
         DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     except SIGTERMException:  # stopped on request after saving last.ckpt (see LastCheckpoint)
         return 128 + signal.SIGTERM
