@@ -23,7 +23,7 @@ from torch import Tensor
 
 IDX_UBYTE = 0x08
 MAX_DIMS = 4
-_CHUNK = 1 << 24  # compressed data is read this many bytes at a time, so memory grows only with real data
+_CHUNK = 1 << 20  # compressed data is read this many bytes at a time, so memory grows only with real data
 _READ_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, KeyError)  # gzip.BadGzipFile is an OSError
 _REFETCH = "the file is truncated or corrupt: delete it and download it again"
 
@@ -90,7 +90,7 @@ def read_idx(path: str | os.PathLike) -> Tensor:
                 return _read_values(f, str(path), _read_shape(f, str(path)), None)
         with open(path, "rb") as f:
             shape, size = _read_shape(f, str(path)), os.fstat(f.fileno()).st_size
-            if len(shape) != 3:
+            if len(shape) != 3 or not math.prod(shape):  # torchvision reads non-empty image files only
                 return _read_values(f, str(path), shape, size)
         _check_size(str(path), shape, size)
         from torchvision.datasets.mnist import read_image_file
