@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from dae.cli import main
@@ -200,3 +202,56 @@ def test_loaded_models_are_never_compiled(trained_run, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: calls.append(args))
     model = load_model(tmp_path / "compiled.ckpt")
     assert calls == [] and model.hparams.compile is False
+
+
+# ------------------------------------------------------------------ fuzzed checkpoints
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+plain = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+                     max_leaves=12)
+
+
+def assert_named(error: CheckpointError, path: Path) -> None:
+    assert str(error).startswith(f"{path}: ") and "\n" not in str(error), str(error)
+
+
+@pytest.mark.slow
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255), st.booleans()), min_size=1, max_size=4),
+       cut=st.none() | st.integers(0, 10**7))
+def test_damaged_checkpoint_bytes_load_or_fail_naming_the_file(trained_run, tmp_path, edits, cut):
+    """Bytes changed where the pickle and the zip directory live (start and end), and the end cut off."""
+    data = bytearray((trained_run / "checkpoints" / "last.ckpt").read_bytes())
+    for offset, value, from_end in edits:
+        data[-1 - offset if from_end else offset] = value
+    path = tmp_path / "damaged.ckpt"
+    path.write_bytes(bytes(data if cut is None else data[: cut % len(data)]))
+    try:
+        model = load_model(path)
+    except CheckpointError as e:
+        assert_named(e, path)
+    else:
+        assert isinstance(model, DenoisingModule)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=100)
+@given(hparams=plain, state=plain, net=plain, extra=st.dictionaries(st.text(max_size=8), plain, max_size=2))
+def test_checkpoints_of_any_plain_data_load_or_fail_naming_the_file(trained_run, tmp_path, hparams, state, net, extra):
+    """Whatever plain data a checkpoint holds where dae expects its settings and weights."""
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    variants = [
+        {"state_dict": state, "hyper_parameters": hparams, **extra},
+        {**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], "net": net}},
+        {**ckpt, "hyper_parameters": hparams if isinstance(hparams, dict) else {"lr": hparams}},
+        {**ckpt, "state_dict": state if isinstance(state, dict) else {"net.encoder.0.weight": state}},
+    ]
+    for number, content in enumerate(variants):
+        path = tmp_path / f"variant{number}.ckpt"
+        torch.save(content, path)
+        try:
+            model = load_model(path)
+        except CheckpointError as e:
+            assert_named(e, path)
+        else:
+            assert isinstance(model, DenoisingModule)
