@@ -21,6 +21,7 @@ from torch import nn
 
 from dae.callbacks import write_loss_plot
 from dae.checkpointing import DiskFullError, disk_full_message, is_disk_full
+from dae.config_files import check_config_files
 from dae.data import InMemoryDataModule
 from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
@@ -28,6 +29,7 @@ from dae.export import export_command
 from dae.module import DenoisingModule
 from dae.report import run_summary, write_test_metrics
 from dae.runs import IGNORED, RunLock, choose_run, matching_run, version_folder
+from dae.threads import share_cores
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
@@ -64,6 +66,8 @@ DEFAULT_CALLBACKS = {
     "tensorboard_run": ("dae.callbacks.TensorBoardRunCallback", {}, "TensorBoard HPARAMS tab and restart marks"),
     "non_finite_loss_stop": ("dae.callbacks.NonFiniteLossStop", {}, "stop when the training loss is NaN or inf"),
     "prediction_writer": ("dae.callbacks.PredictionImageWriter", {}, "dae predict: the denoised images as PNGs"),
+    "core_share": ("dae.threads.CoreShareCallback", {},
+                   "this process's share of the CPU cores, re-checked while other dae processes start and end"),
     # Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
     # metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
     # tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (docs/benchmarks.md).
@@ -299,10 +303,12 @@ def user_error(error: BaseException) -> BaseException | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    share_cores()  # before any parallel work: this process's share of the cores while other dae processes run
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         return COMMANDS[args[0]](args[1:])
     try:
+        check_config_files(args)  # a broken --config file fails here in one line that names it
         DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     except SIGTERMException:  # stopped on request after saving last.ckpt (see SigtermCheckpoint)
         return 128 + signal.SIGTERM

@@ -6,9 +6,6 @@ its own device. Nothing here touches the network except ``prepare_data`` (and on
 
 from __future__ import annotations
 
-import gzip
-import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,60 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 from dae.module import to_unit_float
 from dae.sampling import DeviceBatchSampler, EpochShuffleSampler, ResumableDataLoader
 from dae.seeding import torch_generator
+from dae.idx import read_idx, read_idx_from_zip
 
-# IDX magic numbers: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
-_IDX_UBYTE = 0x08
 _SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-def read_idx(path: str | os.PathLike) -> Tensor:
-    """Read an IDX file of unsigned bytes (optionally gzip-compressed) into a uint8 tensor.
-
-    Raises ``ValueError`` naming the file when it is not an IDX file of unsigned bytes or is truncated.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:  # gzip raises these for corrupt or truncated archives
-        raise ValueError(f"{path}: cannot read IDX file ({e}); delete it and download it again") from e
-    return parse_idx(data, str(path))
-
-
-def read_idx_from_zip(archive: Path, member: str) -> Tensor:
-    """Read a gzip-compressed IDX file ``member`` straight out of a zip ``archive`` (EMNIST's gzip.zip)."""
-    name = f"{archive}:{member}"
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            data = gzip.decompress(zf.read(member))
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{name}: cannot read IDX file ({e}); delete the archive and download it again") from e
-    return parse_idx(data, name)
-
-
-def parse_idx(data: bytes, name: str) -> Tensor:
-    """Decode the bytes of an IDX file of unsigned bytes; ``name`` says where they came from in errors."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE or not 1 <= data[3] <= 4:
-        raise ValueError(
-            f"{name}: not an IDX file of unsigned bytes (magic number {data[:4].hex() or 'missing'}, "
-            f"expected 000008 followed by the number of dimensions)"
-        )
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{name}: truncated IDX header ({len(data)} bytes)")
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(torch.tensor(shape).prod())
-    if len(data) != expected:
-        raise ValueError(
-            f"{name}: IDX file has {len(data)} bytes, but its header {tuple(shape)} needs {expected}; "
-            "the file is truncated or corrupt: delete it and download it again"
-        )
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).reshape(shape)
 
 
 # EMNIST's splits and the number of images in each one's official training file.

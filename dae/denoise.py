@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from dae.images import ImageFileError, from_unit_tensor, image_suffixes, read_image, to_unit_tensor, write_image
-from dae.inference import CheckpointError, denoise_image, input_size, load_model
+from dae.inference import CheckpointError, add_allow_class_option, denoise_image, input_size, load_model
 
 COMPARE_SUFFIX = "_compare.png"
 _GAP = 2  # white pixels between the panels of a --compare picture
@@ -65,10 +65,11 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor) -> np.ndarray:
 class Denoiser:
     """Denoises one file at a time with a loaded model; colour channels only, alpha is kept as it is."""
 
-    def __init__(self, net: torch.nn.Module, device: torch.device, batch_size: int, add_noise: float | None,
-                 seed: int, compare: bool, tile: int | None = None) -> None:
+    def __init__(self, net: torch.nn.Module, device: torch.device, batch_size: int | None, add_noise: float | None,
+                 seed: int, compare: bool, tile: int | None = None, margin: int | None = None) -> None:
         self.net = net
         self.tile = tile
+        self.margin = margin
         self.device = device
         self.batch_size = batch_size
         self.add_noise = add_noise
@@ -87,7 +88,7 @@ class Denoiser:
             color = add_gaussian_noise(color, self.add_noise, seed)
         if color.shape[0] > 1 and getattr(self.net, "in_channels", 1) == 1:
             self.notices.add("the network takes one channel: colour images were denoised one channel at a time")
-        denoised = denoise_image(self.net, color, self.batch_size, self.tile).clamp(0, 1)
+        denoised = denoise_image(self.net, color, self.batch_size, self.tile, self.margin).clamp(0, 1)
         result = torch.cat([denoised, image[-1:]]) if has_alpha else denoised
         target = out_dir / job.relative
         written = [write_image(target, from_unit_tensor(result, pixels.dtype))]
@@ -116,10 +117,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="a run folder (uses its best checkpoint) or a .ckpt file")
     parser.add_argument("-o", "--output", required=True, help="folder for the denoised images")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default)")
-    parser.add_argument("--batch-size", type=int, default=512, help="tiles per forward pass (default 512)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="tiles per forward pass (default: as many as hold about 512K pixels, e.g. 668 tiles "
+                        "of 28x28 or 8 of 256x256)")
     parser.add_argument("--tile", type=int, metavar="N",
-                        help="fully convolutional networks: denoise in half-overlapping NxN tiles instead of the "
-                        "whole image, to bound memory on big images (about 4x the compute)")
+                        help="fully convolutional networks: denoise in overlapping NxN tiles instead of the whole "
+                        "image, so that memory is bounded by the tile on big images")
+    parser.add_argument("--tile-margin", type=int, metavar="M",
+                        help="with --tile: tiles overlap by 2*M pixels, and each pixel comes from the tile in which "
+                        "it lies at least M pixels from the edge (default: the network's receptive radius, at most "
+                        "N/32, which adds about 14%% to the compute of the whole image)")
+    add_allow_class_option(parser)
     parser.add_argument("--add-noise", type=float, metavar="STD",
                         help="add Gaussian noise of this std (pixel range 0..1) first, to demo on clean pictures")
     parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
@@ -132,15 +140,17 @@ def denoise_command(argv: Sequence[str]) -> int:
     """``dae denoise --ckpt RUN_OR_CKPT INPUT... -o OUTDIR``; exit code 1 when any input failed."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.tile is not None and args.tile < 8:
         parser.error(f"--tile must be >= 8 pixels, got {args.tile}")
+    if args.tile_margin is not None and (args.tile is None or not 0 <= args.tile_margin < args.tile // 2):
+        parser.error(f"--tile-margin needs --tile N and must lie in [0, N/2), got {args.tile_margin}")
     if args.add_noise is not None and not args.add_noise >= 0:
         parser.error(f"--add-noise must be a std >= 0, got {args.add_noise}")
     try:
         device = pick_device(args.device)
-        net = load_model(args.ckpt, map_location=device).net
+        net = load_model(args.ckpt, map_location=device, allow_classes=args.allow_class).net
     except (CheckpointError, RuntimeError) as e:
         parser.exit(2, f"dae denoise: error: {e}\n")
     size = input_size(net)
@@ -151,7 +161,8 @@ def denoise_command(argv: Sequence[str]) -> int:
            else "whole images (fully convolutional)")
     print(f"network: {type(net).__name__} on {device}, {how}", file=sys.stderr)
     jobs, errors = collect_jobs(args.inputs)
-    denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile)
+    denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
+                        args.tile_margin)
     out_dir, claimed, done = Path(args.output), {}, 0
     for job in tqdm(jobs, desc="denoising", unit="image", disable=None if len(jobs) > 1 else True):
         target = (out_dir / job.relative).resolve()

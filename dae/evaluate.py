@@ -24,6 +24,7 @@ from torch import Tensor
 from dae.baselines import BASELINES, Baseline, available_baselines
 from dae.data import DATASETS, InMemoryDataModule, MNISTDataModule
 from dae.image_folder import ImageFolderDataModule
+from dae.inference import add_allow_class_option, load_checkpoint, load_model, resolve_checkpoint
 from dae.module import DenoisingModule, image_metrics, to_unit_float
 from dae.noise import GaussianNoise
 
@@ -137,15 +138,14 @@ def write_results(rows: Sequence[Row], settings: dict[str, Any], prefix: Path) -
     return csv_path, json_path
 
 
-def _network_methods(paths: Sequence[str], batch_size: int) -> tuple[list[NetworkMethod], dict[str, Any]]:
+def _network_methods(paths: Sequence[str], batch_size: int,
+                     allow_classes: Sequence[str] = ()) -> tuple[list[NetworkMethod], dict[str, Any]]:
     """A method per checkpoint (named after its network and noise) and the first one's data settings (with
     ``_class_path``, the data module class it was trained with)."""
-    from dae.inference import load_checkpoint, load_model, resolve_checkpoint
-
     methods, data_hparams = [], {}
     for path in paths:
         file = resolve_checkpoint(path)
-        module = load_model(file)
+        module = load_model(file, allow_classes=allow_classes)
         if not data_hparams:
             data_hparams = dict(load_checkpoint(file).get("datamodule_hyper_parameters") or {})
         name = f"{type(module.net).__name__}, {module.noise!r}"
@@ -227,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
                         "noise, as in the baseline's training and the denoising literature)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test noise (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive(int), default=256, help="network batch size")
+    add_allow_class_option(parser)
     parser.add_argument("-o", "--output", default="evaluation",
                         help="writes OUTPUT.csv and OUTPUT.json (default: %(default)s)")
     return parser
@@ -241,7 +242,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
     if not args.checkpoints and args.dataset is None:
         parser.error("give at least one checkpoint, or --dataset to evaluate the baselines alone")
     try:
-        networks, data_hparams = _network_methods(args.checkpoints, args.batch_size)
+        networks, data_hparams = _network_methods(args.checkpoints, args.batch_size, args.allow_class)
         baselines, notices = available_baselines(args.baselines)
         data = data_module(data_hparams, args.dataset, args.data_dir)
         clean = _images(data, "test", args.limit)

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dae.inference import CheckpointError, input_size, load_model
+from dae.inference import CheckpointError, add_allow_class_option, input_size, load_model
 
 FORMATS = ("onnx", "torchscript")
 PARITY_TOLERANCE = 1e-4
@@ -123,9 +123,10 @@ def export_command(argv: Sequence[str]) -> int:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="image size of a fully convolutional net's export (default 28 28); nets with a "
                              "fixed input size always use theirs")
+    add_allow_class_option(parser)
     args = parser.parse_args(argv)
     try:
-        net = load_model(args.ckpt).net
+        net = load_model(args.ckpt, allow_classes=args.allow_class).net
         fixed = input_size(net)
         if fixed and args.size and tuple(args.size) != fixed:
             parser.error(f"{type(net).__name__} only takes {fixed[0]}x{fixed[1]} images; drop --size")

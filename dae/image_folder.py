@@ -14,10 +14,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
@@ -25,9 +23,9 @@ from torchvision.transforms.v2 import functional as TF
 from dae.data import ImageTensorDataset, InMemoryDataModule
 from dae.sampling import KeyedEpochSampler
 from dae.seeding import numpy_generator
+from dae.images import read_image_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit PNG/TIFF as Pillow opens them
 _NAMED_IN_WARNING = 5
 
 
@@ -35,18 +33,10 @@ def decode_image(path: Path, channels: int) -> Tensor:
     """Decode one image file into a uint8 tensor (channels, H, W): gray for 1 channel, RGB for 3.
 
     Colour images are turned gray (ITU-R 601 luma) or gray ones repeated into RGB as ``channels`` asks;
-    alpha is dropped; 16-bit images are scaled to 8 bits. Raises Pillow's error (mostly ``OSError``) when
-    the file is not a readable image.
+    alpha is dropped; 16-bit images are scaled to 8 bits. Raises ``ImageFileError`` naming the file when
+    it is not a readable image (see ``dae.images.read_image``, the project's one image reader).
     """
-    with Image.open(path) as img:
-        img.load()  # decode now, so a truncated file fails here and not in the middle of training
-        if img.mode in _SIXTEEN_BIT_MODES:
-            # Pillow's convert("L") would clip 16-bit values at 255 instead of scaling them.
-            wide = np.asarray(img, dtype=np.float32) / 257.0
-            img = Image.fromarray(wide.clip(0, 255).round().astype(np.uint8), mode="L")
-        pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-    tensor = torch.from_numpy(pixels.copy())
-    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+    return read_image_tensor(path, channels)
 
 
 def _named(paths: list[Path], root: Path) -> str:

@@ -52,6 +52,58 @@ def test_tiles_cover_every_pixel_and_blend_without_seams(shape):
     assert out.shape == shape and torch.allclose(out, torch.full(shape, 0.4), atol=1e-6)
 
 
+def blur(x: torch.Tensor) -> torch.Tensor:
+    """A 5x5 box blur with zero padding."""
+    return torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=True)
+
+
+class Blur(torch.nn.Module):
+    """A fixed-size net with spatial context: ``blur`` on 28x28 inputs only."""
+
+    input_size = (28, 28)
+    in_channels = 1
+
+    def forward(self, x):
+        assert x.shape[-2:] == (28, 28), "tiles must have the net's input size"
+        return blur(x)
+
+
+def test_fixed_size_tiles_blend_into_the_whole_image_result():
+    # Each 28x28 tile's border pixels see zero padding instead of the image around them; blending must weight
+    # those down and fade into the neighbouring tiles, leaving the whole-image blur everywhere inside.
+    image = torch.rand(1, 90, 110, generator=torch.Generator().manual_seed(0))
+    smooth = torch.nn.functional.avg_pool2d(image[None], 9, stride=1, padding=4)[0]  # like natural images
+    whole = blur(smooth[None])[0]
+    tiled = denoise_image(Blur(), smooth)
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    assert (tiled - whole)[inner].abs().max() < 0.03
+    assert (tiled - whole)[inner].abs().mean() < 0.005  # plain averaging: 0.034, no overlap: 0.035
+
+
+def receptive_net(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "dncnn":  # receptive radius 5 (5 layers of 3x3 convolutions)
+        return DnCNN(depth=5, width=8, batch_norm=False).eval()
+    return UNet(width=4, depth=2).eval()  # receptive radius 22; pools twice, so tile grids must stay aligned
+
+
+@pytest.mark.parametrize("kind,tile,margin", [("dncnn", 160, None), ("dncnn", 40, 5), ("unet", 128, 24)])
+def test_tiles_of_a_fully_convolutional_net_match_the_whole_image(kind, tile, margin):
+    # With a margin that covers the receptive field, every pixel away from the bottom/right edges (where the
+    # last tiles are padded) is exactly the whole image's; wrong blending or misplaced tiles show up at once.
+    net, image = receptive_net(kind), torch.rand(1, 200, 230, generator=torch.Generator().manual_seed(1))
+    whole = denoise_image(net, image)
+    tiled = denoise_image(net, image, tile=tile, **({} if margin is None else {"margin": margin}))
+    inner = (slice(None), slice(0, -32), slice(0, -32))
+    torch.testing.assert_close(tiled[inner], whole[inner], atol=1e-5, rtol=0)
+
+
+def test_tiles_stream_through_the_net_in_batches_of_bounded_pixels():
+    net, image = Pointwise(), torch.rand(1, 1000, 1000)
+    denoise_image(net, image, tile=64)  # 16x16 tiles of 64x64 pixels
+    assert len(net.shapes) > 1 and max(b[0] for b in net.shapes[1:]) * 64 * 64 <= 1 << 19
+
+
 def test_tiles_are_batched():
     net = Affine()
     denoise_image(net, torch.rand(1, 200, 200), batch_size=64)

@@ -2,12 +2,18 @@
 
 import pickle
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
+from dae.cli import main
 from dae.inference import CheckpointError, load_checkpoint, load_model, resolve_checkpoint
 from dae.module import DenoisingModule
 from dae.nets import ConvAutoencoder
@@ -126,6 +132,127 @@ def test_class_path_naming_a_function_is_refused_not_called(trained_run, tmp_pat
     ckpt["hyper_parameters"]["net"] = {"class_path": "subprocess.run", "init_args": {"args": ["touch", str(marker)]}}
     ckpt["hyper_parameters"]["_instantiator"] = "os.system"
     torch.save(ckpt, tmp_path / "crafted.ckpt")
-    with pytest.raises(CheckpointError, match="crafted.ckpt: its hyper_parameters do not describe a DenoisingModule"):
+    with pytest.raises(CheckpointError, match="crafted.ckpt: its hyper_parameters name the class subprocess.run, "
+                       "which is not one of dae's networks"):
         load_model(tmp_path / "crafted.ckpt")
     assert not marker.exists()
+
+
+def write_plugin(folder: Path, name: str, marker: Path) -> str:
+    """An installed-looking module ``name`` whose import creates ``marker``; returns its network's class path."""
+    (folder / f"{name}.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('imported')\n"
+        "from dae.nets import ConvAutoencoder\n\n\nclass Net(ConvAutoencoder):\n    pass\n"
+    )
+    return f"{name}.Net"
+
+
+@pytest.mark.parametrize("where", ["net", "net as a string", "inside a noise model"])
+def test_unknown_class_is_refused_before_its_module_is_imported(trained_run, tmp_path, monkeypatch, capsys, where):
+    marker = tmp_path / "imported"
+    module = f"plugin_{where.replace(' ', '_')}"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    class_path = write_plugin(tmp_path, module, marker)
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    if where == "net":
+        hparams["net"]["class_path"] = class_path
+    elif where == "net as a string":
+        hparams["net"] = class_path
+    else:
+        hparams["noise"] = {"class_path": "dae.noise.ComposeNoise",
+                            "init_args": {"noises": [hparams["noise"], {"class_path": class_path}]}}
+    torch.save(ckpt, tmp_path / "plugin.ckpt")
+    with pytest.raises(CheckpointError, match=rf"plugin.ckpt: its hyper_parameters name the class {class_path}, "
+                       r"which is not one of dae's networks, noise models or objectives "
+                       r"\(dae.nets.\*, dae.noise.\*, dae.objectives.\*\).*"
+                       rf"--allow-class {class_path}"):
+        load_model(tmp_path / "plugin.ckpt")
+    for command in (["denoise", str(tmp_path), "-o", str(tmp_path / "out")], ["export", "--format", "torchscript",
+                    "-o", str(tmp_path / "m.pt")], ["evaluate", "--baselines"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command[0], "--ckpt" if command[0] != "evaluate" else "--limit=1", str(tmp_path / "plugin.ckpt"),
+                  *command[1:]])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"--allow-class {class_path}" in err and "Traceback" not in err, err
+    assert not marker.exists() and module not in sys.modules
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_allowed_class_is_built(trained_run, tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "imported"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    class_path = write_plugin(tmp_path, "plugin_allowed", marker)
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["net"]["class_path"] = class_path
+    torch.save(ckpt, tmp_path / "plugin.ckpt")
+    model = load_model(tmp_path / "plugin.ckpt", allow_classes=[class_path])
+    assert type(model.net).__module__ == "plugin_allowed" and marker.exists()
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(images / "a.png")
+    args = ["denoise", "--ckpt", str(tmp_path / "plugin.ckpt"), str(images), "-o", str(tmp_path / "out")]
+    assert main([*args, "--allow-class", class_path]) == 0 and (tmp_path / "out" / "a.png").is_file()
+
+
+def test_loaded_models_are_never_compiled(trained_run, tmp_path, monkeypatch):
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["compile"] = True
+    torch.save(ckpt, tmp_path / "compiled.ckpt")
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: calls.append(args))
+    model = load_model(tmp_path / "compiled.ckpt")
+    assert calls == [] and model.hparams.compile is False
+
+
+# ------------------------------------------------------------------ fuzzed checkpoints
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+plain = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+                     max_leaves=12)
+
+
+def assert_named(error: CheckpointError, path: Path) -> None:
+    assert str(error).startswith(f"{path}: ") and "\n" not in str(error), str(error)
+
+
+@pytest.mark.slow
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255), st.booleans()), min_size=1, max_size=4),
+       cut=st.none() | st.integers(0, 10**7))
+def test_damaged_checkpoint_bytes_load_or_fail_naming_the_file(trained_run, tmp_path, edits, cut):
+    """Bytes changed where the pickle and the zip directory live (start and end), and the end cut off."""
+    data = bytearray((trained_run / "checkpoints" / "last.ckpt").read_bytes())
+    for offset, value, from_end in edits:
+        data[-1 - offset if from_end else offset] = value
+    path = tmp_path / "damaged.ckpt"
+    path.write_bytes(bytes(data if cut is None else data[: cut % len(data)]))
+    try:
+        model = load_model(path)
+    except CheckpointError as e:
+        assert_named(e, path)
+    else:
+        assert isinstance(model, DenoisingModule)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=100)
+@given(hparams=plain, state=plain, net=plain, extra=st.dictionaries(st.text(max_size=8), plain, max_size=2))
+def test_checkpoints_of_any_plain_data_load_or_fail_naming_the_file(trained_run, tmp_path, hparams, state, net, extra):
+    """Whatever plain data a checkpoint holds where dae expects its settings and weights."""
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    variants = [
+        {"state_dict": state, "hyper_parameters": hparams, **extra},
+        {**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], "net": net}},
+        {**ckpt, "hyper_parameters": hparams if isinstance(hparams, dict) else {"lr": hparams}},
+        {**ckpt, "state_dict": state if isinstance(state, dict) else {"net.encoder.0.weight": state}},
+    ]
+    for number, content in enumerate(variants):
+        path = tmp_path / f"variant{number}.ckpt"
+        torch.save(content, path)
+        try:
+            model = load_model(path)
+        except CheckpointError as e:
+            assert_named(e, path)
+        else:
+            assert isinstance(model, DenoisingModule)

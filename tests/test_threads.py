@@ -1,0 +1,90 @@
+"""Concurrent dae processes split the CPU cores between them instead of fighting over them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dae.threads
+from dae.threads import CoreShare, CoreShareCallback, available_cores
+from tests.conftest import ROOT
+
+CHILD = "import sys; from pathlib import Path; from dae.threads import CoreShare; " \
+        "share = CoreShare(Path(sys.argv[1])); share.join(); print('joined', flush=True); sys.stdin.read()"
+
+
+def start_member(registry: Path) -> subprocess.Popen:
+    """Another process that joins ``registry`` and stays until it is killed."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(registry)], cwd=ROOT, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "joined"
+    return child
+
+
+@pytest.fixture
+def threads_restored():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_available_cores_counts_the_affinity():
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.slow
+def test_processes_in_one_registry_split_the_cores_and_the_dead_drop_out(tmp_path, monkeypatch, threads_restored):
+    for name in dae.threads.EXPLICIT_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    share = CoreShare(tmp_path, cores=4)
+    share.default_threads = 4  # PyTorch's default on a 4-core machine
+    share.join()
+    assert share.processes() == 1 and share.threads() == 4  # alone: PyTorch's default, nothing slower
+    other = start_member(tmp_path)
+    try:
+        assert share.processes() == 2 and share.threads() == 2
+        assert share.apply() == 2 and torch.get_num_threads() == 2
+    finally:
+        other.kill()  # ends without any clean-up: the kernel drops its lock
+        other.wait()
+    assert share.processes() == 1 and share.apply() == 4 and torch.get_num_threads() == 4
+    assert len(list(tmp_path.iterdir())) == 1  # the dead process's entry is gone
+
+
+def test_threads_set_by_hand_are_kept(tmp_path, monkeypatch, threads_restored):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    share = CoreShare(tmp_path, cores=64)
+    share.default_threads = 64
+    share.join()
+    assert share.apply() == 1 and torch.get_num_threads() == 1
+
+
+def test_a_share_of_fewer_cores_than_processes_is_one_thread(tmp_path):
+    share = CoreShare(tmp_path, cores=2)
+    share.processes = lambda: 3
+    assert share.threads() == 1
+
+
+def test_callback_rechecks_the_share_at_most_every_interval(monkeypatch):
+    calls = []
+
+    class Recorder:
+        def apply(self) -> int:
+            calls.append(1)
+            return 1
+
+    monkeypatch.setattr(dae.threads, "_SHARE", Recorder())
+    callback = CoreShareCallback(interval=3600)
+    for step in range(5):
+        callback.on_train_batch_start(None, None, None, step)
+    assert len(calls) == 1
+    callback = CoreShareCallback(interval=0)
+    for step in range(3):
+        callback.on_validation_batch_start(None, None, None, step)
+    assert len(calls) == 4
