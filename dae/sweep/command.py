@@ -1,0 +1,215 @@
+"""``dae sweep``: search dae's own configs with Optuna, on one machine or many, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from optuna.trial import TrialState
+
+from dae.sweep.report import summary
+from dae.sweep.spec import SweepSpec, load_spec
+from dae.sweep.study import WorkerLock, fail_dead_trials, make_storage
+from dae.sweep.trial import base_values, check_keys, check_metric, run_trial
+
+DEFAULT_ROOT = Path("sweeps")
+
+
+class TrialInterrupted(Exception):
+    """A trial stopped by SIGTERM or Ctrl-C: Optuna marks it FAIL, and the next run of the sweep retries it."""
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dae sweep",
+        description="Hyperparameter search over dae's configs with Optuna: every trial is an ordinary dae fit run "
+                    "in the sweep's folder; the study is resumable and can be shared by workers.",
+    )
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="an experiment config, as for dae fit (give several to lay overlays over it)")
+    parser.add_argument("--sweep", required=True, metavar="FILE",
+                        help="the sweep file: search space, metric, direction, n_trials, sampler, pruner")
+    parser.add_argument("--n-trials", type=int, metavar="N",
+                        help="finished (complete or pruned) trials to reach, over all workers (default: the file's)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna RDB storage shared by workers on many machines, e.g. "
+                             "postgresql://user:password@host/db (default: a journal file in the sweep's folder)")
+    parser.add_argument("--workers", type=int, default=1, metavar="K",
+                        help="worker processes on this machine, each with cores/K threads (default 1)")
+    parser.add_argument("--threads", type=int, metavar="T",
+                        help="torch threads per trial (default: this machine's cores / --workers)")
+    parser.add_argument("--dir", type=Path, metavar="DIR",
+                        help="the sweep's folder: run folders, journal, best.yaml (default sweeps/STUDY_NAME)")
+    parser.add_argument("--show", action="store_true",
+                        help="print the table of trials and the best one, write best.yaml, and run nothing")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a child started by --workers K
+    return parser
+
+
+def open_study(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path,
+               create: bool) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """Load (or with ``create``, create) the study; refuse one that was made with another search."""
+    storage = make_storage(args.storage, sweep_dir)
+    where = args.storage or sweep_dir / "study.journal"
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if spec.study_name not in names and not create:
+        raise FileNotFoundError(f"{where}: no study {spec.study_name} yet; run dae sweep without --show first")
+    if spec.study_name in names:
+        study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(),
+                                  pruner=spec.make_pruner())
+    else:
+        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction,
+                                    sampler=spec.make_sampler(), pruner=spec.make_pruner())
+    identity = json.loads(json.dumps(spec.as_dict()))
+    recorded = study.user_attrs.get("sweep")
+    if recorded is None:
+        study.set_user_attr("sweep", identity)
+        study.set_user_attr("configs", [str(c) for c in args.config])
+    elif recorded != identity:
+        raise ValueError(
+            f"{where}: study {spec.study_name} was made with another search space, metric or fixed settings than "
+            f"{spec.path} now has; give a new --dir (or study_name) for the new search"
+        )
+    return study, storage
+
+
+def trials_left(study: optuna.Study, n_trials: int) -> bool:
+    counts = {state: 0 for state in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] += 1
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING] < n_trials
+
+
+def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: int, threads: int,
+         index: int) -> None:
+    """Run trials until the study has ``n_trials`` finished or running ones (this worker's share of the loop)."""
+    torch.set_num_threads(threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per trial from Optuna instead
+    lock = WorkerLock(sweep_dir)
+    try:
+        study, storage = open_study(spec, args, sweep_dir, create=False)
+        # Workers and later runs draw their own random numbers, so that they do not repeat each other's trials.
+        study.sampler = spec.make_sampler(seed_offset=1000 * index + len(study.get_trials(deepcopy=False)))
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.set_user_attr("worker", lock.name)
+            trial.set_user_attr("threads", threads)
+            try:
+                return run_trial(trial, spec, args.config, sweep_dir)
+            except (SIGTERMException, KeyboardInterrupt) as e:
+                trial.set_user_attr("interrupted", True)
+                raise TrialInterrupted(f"trial {trial.number} interrupted; run the same command again to go on") from e
+            except FloatingPointError as e:  # the run diverged: a result of these settings, not to be retried
+                trial.set_user_attr("error", str(e))
+                raise
+
+        while True:
+            fail_dead_trials(study, storage, sweep_dir)
+            if not trials_left(study, n_trials):
+                return
+            study.optimize(objective, n_trials=1, catch=(FloatingPointError,), gc_after_trial=True)
+    finally:
+        lock.release()
+
+
+def start_workers(argv: Sequence[str], workers: int, threads: int) -> int:
+    """Run ``workers`` child processes of this sweep, each with ``threads`` threads; returns the worst exit status."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "dae", "sweep", *argv, "--threads", str(threads), "--worker", str(i)],
+                         env=env)
+        for i in range(workers)
+    ]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = []
+        for child in children:
+            while True:
+                try:
+                    codes.append(child.wait())
+                    break
+                except KeyboardInterrupt:  # Ctrl-C reached the children too; wait for them to stop
+                    continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return max(codes, key=abs)
+
+
+def worker_argv(args: argparse.Namespace, sweep_dir: Path) -> list[str]:
+    argv = [arg for config in args.config for arg in ("--config", str(config))]
+    argv += ["--sweep", str(args.sweep), "--dir", str(sweep_dir)]
+    if args.n_trials is not None:
+        argv += ["--n-trials", str(args.n_trials)]
+    if args.storage is not None:
+        argv += ["--storage", args.storage]
+    return argv
+
+
+def sweep(args: argparse.Namespace) -> int:
+    # Trials build the dae fit command's CLI in this process, from their own arguments rather than sys.argv.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    spec = load_spec(args.sweep)
+    sweep_dir = args.dir if args.dir is not None else DEFAULT_ROOT / spec.study_name
+    n_trials = args.n_trials if args.n_trials is not None else spec.n_trials
+    if args.show:
+        study, _ = open_study(spec, args, sweep_dir, create=False)
+        print(summary(study, sweep_dir, spec.metric))
+        return 0
+    if args.workers < 1 or n_trials < 1 or (args.threads is not None and args.threads < 1):
+        raise ValueError("--workers, --n-trials and --threads must be >= 1")
+    threads = args.threads or max(1, cores() // args.workers)
+    if args.worker is not None:
+        work(spec, args, sweep_dir, n_trials, threads, args.worker)
+        return 0
+    if not args.config:
+        raise ValueError("give the experiment with --config FILE (as for dae fit)")
+    base = check_keys(spec, args.config)
+    check_metric(spec, args.config)
+    study, _ = open_study(spec, args, sweep_dir, create=True)
+    if spec.baseline_trial and not study.get_trials(deepcopy=False):
+        values = base_values(spec, base)
+        if values is not None:  # the untuned config as trial 0, so the table shows what tuning gained
+            study.enqueue_trial(values, user_attrs={"base_config": True})
+    print(f"dae sweep: study {spec.study_name} in {args.storage or sweep_dir / 'study.journal'}, run folders in "
+          f"{sweep_dir}/, {n_trials} trials, {args.workers} worker(s) x {threads} thread(s)", file=sys.stderr)
+    code = 0
+    if args.workers == 1:
+        work(spec, args, sweep_dir, n_trials, threads, 0)
+    else:
+        code = start_workers(worker_argv(args, sweep_dir), args.workers, threads)
+    print(summary(study, sweep_dir, spec.metric))
+    return code
+
+
+def sweep_command(argv: Sequence[str]) -> int:
+    """``dae sweep --config CONFIG --sweep SWEEP [--n-trials N] [--storage URL] [--workers K] [--show]``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return sweep(args)
+    except TrialInterrupted as e:
+        print(f"dae sweep: {e}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dae sweep: error: {e}", file=sys.stderr)
+        return 2
