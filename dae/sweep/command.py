@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from optuna.trial import TrialState
 
 from dae.sweep.report import summary
 from dae.sweep.spec import SweepSpec, load_spec
-from dae.sweep.study import WorkerLock, fail_dead_trials, make_storage
+from dae.sweep.study import JOURNAL_NAME, WorkerLock, fail_dead_trials, make_storage
 from dae.sweep.trial import base_values, check_keys, check_metric, run_trial
 
 DEFAULT_ROOT = Path("sweeps")
@@ -58,24 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the sweep's folder: run folders, journal, best.yaml (default sweeps/STUDY_NAME)")
     parser.add_argument("--show", action="store_true",
                         help="print the table of trials and the best one, write best.yaml, and run nothing")
-    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a child started by --workers K
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers K
     return parser
 
 
 def open_study(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path,
-               create: bool) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
-    """Load (or with ``create``, create) the study; refuse one that was made with another search."""
+               create: bool) -> tuple[optuna.Study, optuna.storages.BaseStorage, bool]:
+    """Load (or with ``create``, create) the study; refuse one that was made with another search.
+
+    Returns the study, its storage and whether this call created it.
+    """
+    where = args.storage or sweep_dir / JOURNAL_NAME
+    missing = FileNotFoundError(f"{where}: no study {spec.study_name} yet; start it with dae sweep --config ...")
+    if not create and args.storage is None and not (sweep_dir / JOURNAL_NAME).is_file():
+        raise missing
     storage = make_storage(args.storage, sweep_dir)
-    where = args.storage or sweep_dir / "study.journal"
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    if spec.study_name not in names and not create:
-        raise FileNotFoundError(f"{where}: no study {spec.study_name} yet; run dae sweep without --show first")
-    if spec.study_name in names:
-        study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(),
-                                  pruner=spec.make_pruner())
-    else:
-        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction,
-                                    sampler=spec.make_sampler(), pruner=spec.make_pruner())
+    study = None
+    if create:
+        try:
+            study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction,
+                                        sampler=spec.make_sampler(), pruner=spec.make_pruner())
+        except optuna.exceptions.DuplicatedStudyError:  # made by an earlier run, or a worker on another machine
+            pass
+    created = study is not None
+    if study is None:
+        try:
+            study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(),
+                                      pruner=spec.make_pruner())
+        except KeyError:
+            raise missing from None
     identity = json.loads(json.dumps(spec.as_dict()))
     recorded = study.user_attrs.get("sweep")
     if recorded is None:
@@ -86,7 +98,7 @@ def open_study(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path,
             f"{where}: study {spec.study_name} was made with another search space, metric or fixed settings than "
             f"{spec.path} now has; give a new --dir (or study_name) for the new search"
         )
-    return study, storage
+    return study, storage, created
 
 
 def trials_left(study: optuna.Study, n_trials: int) -> bool:
@@ -96,19 +108,21 @@ def trials_left(study: optuna.Study, n_trials: int) -> bool:
     return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING] < n_trials
 
 
-def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: int, threads: int,
-         index: int) -> None:
+def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: int, threads: int) -> None:
     """Run trials until the study has ``n_trials`` finished or running ones (this worker's share of the loop)."""
     torch.set_num_threads(threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per trial from Optuna instead
     lock = WorkerLock(sweep_dir)
     try:
-        study, storage = open_study(spec, args, sweep_dir, create=False)
+        study, storage, _ = open_study(spec, args, sweep_dir, create=False)
         # Workers and later runs draw their own random numbers, so that they do not repeat each other's trials.
-        study.sampler = spec.make_sampler(seed_offset=1000 * index + len(study.get_trials(deepcopy=False)))
+        # A lone worker on a journal file stays reproducible; workers that run at once are not anyway.
+        alone = args.storage is None and not args.worker
+        study.sampler = spec.make_sampler(
+            seed_offset=len(study.get_trials(deepcopy=False)) if alone else random.SystemRandom().randrange(1, 2**31))
 
         def objective(trial: optuna.Trial) -> float:
-            trial.set_user_attr("worker", lock.name)
+            lock.claim(trial)
             trial.set_user_attr("threads", threads)
             try:
                 return run_trial(trial, spec, args.config, sweep_dir)
@@ -132,9 +146,8 @@ def start_workers(argv: Sequence[str], workers: int, threads: int) -> int:
     """Run ``workers`` child processes of this sweep, each with ``threads`` threads; returns the worst exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     children = [
-        subprocess.Popen([sys.executable, "-m", "dae", "sweep", *argv, "--threads", str(threads), "--worker", str(i)],
-                         env=env)
-        for i in range(workers)
+        subprocess.Popen([sys.executable, "-m", "dae", "sweep", *argv, "--threads", str(threads), "--worker"], env=env)
+        for _ in range(workers)
     ]
 
     def forward(signum: int, frame: object) -> None:
@@ -173,29 +186,29 @@ def sweep(args: argparse.Namespace) -> int:
     sweep_dir = args.dir if args.dir is not None else DEFAULT_ROOT / spec.study_name
     n_trials = args.n_trials if args.n_trials is not None else spec.n_trials
     if args.show:
-        study, _ = open_study(spec, args, sweep_dir, create=False)
+        study, _, _ = open_study(spec, args, sweep_dir, create=False)
         print(summary(study, sweep_dir, spec.metric))
         return 0
     if args.workers < 1 or n_trials < 1 or (args.threads is not None and args.threads < 1):
         raise ValueError("--workers, --n-trials and --threads must be >= 1")
     threads = args.threads or max(1, cores() // args.workers)
-    if args.worker is not None:
-        work(spec, args, sweep_dir, n_trials, threads, args.worker)
+    if args.worker:
+        work(spec, args, sweep_dir, n_trials, threads)
         return 0
     if not args.config:
         raise ValueError("give the experiment with --config FILE (as for dae fit)")
     base = check_keys(spec, args.config)
     check_metric(spec, args.config)
-    study, _ = open_study(spec, args, sweep_dir, create=True)
-    if spec.baseline_trial and not study.get_trials(deepcopy=False):
+    study, _, created = open_study(spec, args, sweep_dir, create=True)
+    if spec.baseline_trial and created:
         values = base_values(spec, base)
         if values is not None:  # the untuned config as trial 0, so the table shows what tuning gained
             study.enqueue_trial(values, user_attrs={"base_config": True})
-    print(f"dae sweep: study {spec.study_name} in {args.storage or sweep_dir / 'study.journal'}, run folders in "
+    print(f"dae sweep: study {spec.study_name} in {args.storage or sweep_dir / JOURNAL_NAME}, run folders in "
           f"{sweep_dir}/, {n_trials} trials, {args.workers} worker(s) x {threads} thread(s)", file=sys.stderr)
     code = 0
     if args.workers == 1:
-        work(spec, args, sweep_dir, n_trials, threads, 0)
+        work(spec, args, sweep_dir, n_trials, threads)
     else:
         code = start_workers(worker_argv(args, sweep_dir), args.workers, threads)
     print(summary(study, sweep_dir, spec.metric))

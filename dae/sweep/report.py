@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def write_best_config(study: optuna.Study, sweep_dir: Path, metric: str) -> Path
     if best is None:
         return None
     run_dir = sweep_dir / best.user_attrs["run_dir"]
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = yaml.safe_load(best.user_attrs["config"])
     config.pop("ckpt_path", None)
     trainer = config.get("trainer") or {}
     for key in ("enable_progress_bar", "enable_model_summary"):  # trials run quietly; a retraining need not
@@ -123,8 +124,10 @@ def summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
         lines.append("no trial has finished yet")
     else:
         best_yaml = write_best_config(study, sweep_dir, metric)
+        host = best.user_attrs.get("worker_host")
+        where = f" on {host}" if host not in (None, socket.gethostname()) else ""
         lines.append(f"best: trial {best.number}, {metric} = {best.value:.4f}, run folder "
-                     f"{sweep_dir / best.user_attrs['run_dir']}")
+                     f"{sweep_dir / best.user_attrs['run_dir']}{where}")
         lines.append(f"retrain it: dae fit --config {best_yaml}")
         lines.append(f"compare the trials: tensorboard --logdir {sweep_dir}  (HPARAMS tab)")
     return "\n".join(lines)

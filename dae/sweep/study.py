@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import socket
+import time
 import uuid
 import warnings
 from datetime import datetime, timedelta
@@ -25,11 +27,14 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 JOURNAL_NAME = "study.journal"
 MAX_RETRIES = 3
 HEARTBEAT_S = 30
 GRACE_S = 120
+STORAGE_ATTEMPTS = 5
 # A RUNNING trial that has not yet recorded its worker (the moment between ask and the first attribute).
 UNCLAIMED_GRACE = timedelta(seconds=120)
 
@@ -39,15 +44,37 @@ def make_storage(storage: str | None, sweep_dir: Path) -> BaseStorage:
     if storage is None:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL_NAME)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            storage,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=retry_trial,
-            engine_kwargs={"pool_pre_ping": True},
-        )
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    storage,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=retry_trial,
+                    engine_kwargs={"pool_pre_ping": True},
+                )
+        except ImportError as e:
+            raise ValueError(f"--storage {shown_url(storage)}: no database driver for it ({e}); "
+                             "pip install -e '.[sweep]' brings psycopg for postgresql://") from None
+        except SQLAlchemyError as e:
+            # Workers that start at once (a job array) race to create Optuna's tables; the losers try again.
+            if isinstance(e, IntegrityError) and attempt < STORAGE_ATTEMPTS:
+                time.sleep(random.uniform(0.5, 2.0))
+                continue
+            reason = str(e.orig if getattr(e, "orig", None) is not None else e).strip().splitlines()[0]
+            raise ValueError(f"--storage {shown_url(storage)}: cannot use the database: {reason}") from None
+
+
+def shown_url(url: str) -> str:
+    """A database URL fit for messages: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -68,15 +95,23 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 class WorkerLock:
-    """An exclusive lock on ``locks/HOST-PID-RANDOM.lock`` that this worker holds while it lives."""
+    """An exclusive lock on ``locks/HOST-PID-RANDOM.lock`` that this worker holds while it lives; its trials
+    record ``worker``, ``worker_host`` and ``worker_lock`` (the file's absolute path)."""
 
     def __init__(self, sweep_dir: Path) -> None:
-        self.folder = sweep_dir / "locks"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.path = self.folder / f"{self.name}.lock"
+        folder = sweep_dir / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.host = socket.gethostname()
+        self.name = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.path = (folder / f"{self.name}.lock").resolve()
         self.file: IO[bytes] | None = open(self.path, "wb")
         fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def claim(self, trial: optuna.Trial) -> None:
+        """Record in ``trial`` that this worker runs it."""
+        trial.set_user_attr("worker", self.name)
+        trial.set_user_attr("worker_host", self.host)
+        trial.set_user_attr("worker_lock", str(self.path))
 
     def release(self) -> None:
         if self.file is not None:
@@ -114,20 +149,20 @@ def _requeue(study: optuna.Study, storage: BaseStorage, sweep_dir: Path) -> list
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False):
         if trial.state == TrialState.RUNNING:
-            worker = trial.user_attrs.get("worker")
-            if worker is None:
+            host_of, lock = trial.user_attrs.get("worker_host"), trial.user_attrs.get("worker_lock")
+            if lock is None:
                 if trial.datetime_start is None or now - trial.datetime_start < UNCLAIMED_GRACE:
                     continue
-            elif not worker.startswith(f"{host}-") or worker_alive(sweep_dir / "locks" / f"{worker}.lock"):
-                continue
+            elif host_of != host or worker_alive(Path(lock)):
+                continue  # alive, or on another machine (where Optuna's heartbeat covers RDB storage)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             try:
                 storage.set_trial_user_attr(trial_id, "interrupted", True)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker got there first
-            if worker is not None:
-                (sweep_dir / "locks" / f"{worker}.lock").unlink(missing_ok=True)
+            if lock is not None:
+                Path(lock).unlink(missing_ok=True)
             trial = storage.get_trial(trial_id)
         if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
             before = len(study.get_trials(deepcopy=False))

@@ -206,6 +206,8 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec, configs: Sequence[str | Path
     reporter = MetricReporter(trial, spec.metric)
     cli = TrialCLI(args, [reporter])
     trainer = cli.trainer
+    # The run's own config travels with the study, so that best.yaml can be written wherever it is read.
+    trial.set_user_attr("config", (run_dir / "config.yaml").read_text())
     trial.set_user_attr("epochs", trainer.current_epoch)
     trial.set_user_attr("max_epochs", trainer.max_epochs)
     if reporter.pruned_epoch is not None:
