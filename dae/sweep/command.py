@@ -111,7 +111,6 @@ def trials_left(study: optuna.Study, n_trials: int) -> bool:
 def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: int, threads: int) -> None:
     """Run trials until the study has ``n_trials`` finished or running ones (this worker's share of the loop)."""
     torch.set_num_threads(threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per trial from Optuna instead
     lock = WorkerLock(sweep_dir)
     try:
         study, storage, _ = open_study(spec, args, sweep_dir, create=False)
@@ -182,6 +181,8 @@ def worker_argv(args: argparse.Namespace, sweep_dir: Path) -> list[str]:
 def sweep(args: argparse.Namespace) -> int:
     # Trials build the dae fit command's CLI in this process, from their own arguments rather than sys.argv.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    for name in ("lightning.pytorch", "lightning.fabric"):  # one line per trial from Optuna instead
+        logging.getLogger(name).setLevel(logging.WARNING)
     spec = load_spec(args.sweep)
     sweep_dir = args.dir if args.dir is not None else DEFAULT_ROOT / spec.study_name
     n_trials = args.n_trials if args.n_trials is not None else spec.n_trials
@@ -201,8 +202,11 @@ def sweep(args: argparse.Namespace) -> int:
     check_metric(spec, args.config)
     study, _, created = open_study(spec, args, sweep_dir, create=True)
     if spec.baseline_trial and created:
-        values = base_values(spec, base)
-        if values is not None:  # the untuned config as trial 0, so the table shows what tuning gained
+        values, outside = base_values(spec, base)
+        if outside:
+            print(f"dae sweep: no trial of the untuned config: {', '.join(outside)} lies outside the search space",
+                  file=sys.stderr)
+        else:  # the untuned config as trial 0, so the table shows what tuning gained
             study.enqueue_trial(values, user_attrs={"base_config": True})
     print(f"dae sweep: study {spec.study_name} in {args.storage or sweep_dir / JOURNAL_NAME}, run folders in "
           f"{sweep_dir}/, {n_trials} trials, {args.workers} worker(s) x {threads} thread(s)", file=sys.stderr)

@@ -124,9 +124,9 @@ def in_distribution(value: Any, dist: BaseDistribution) -> bool:
     return dist.low <= value <= dist.high and (not isinstance(dist, IntDistribution) or float(value).is_integer())
 
 
-def base_values(spec: SweepSpec, base: dict[str, Any]) -> dict[str, Any] | None:
-    """The base config's own values of the searched keys, if every one lies in its distribution; else None."""
-    values = {}
+def base_values(spec: SweepSpec, base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The base config's own values of the searched keys, and ``key=value`` for those outside the search space."""
+    values, outside = {}, []
     for key, dist in spec.params.items():
         node: Any = base
         for part in key.split("."):
@@ -134,9 +134,10 @@ def base_values(spec: SweepSpec, base: dict[str, Any]) -> dict[str, Any] | None:
                 node = node["init_args"]
             node = node.get(part) if isinstance(node, dict) else None
         if node is None or not in_distribution(node, dist):
-            return None
-        values[key] = node
-    return values
+            outside.append(f"{key}={node}")
+        else:
+            values[key] = node
+    return values, outside
 
 
 class MetricReporter(L.Callback):
