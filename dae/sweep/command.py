@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", required=True, metavar="FILE",
                         help="the sweep file: search space, metric, direction, n_trials, sampler, pruner")
     parser.add_argument("--n-trials", type=int, metavar="N",
-                        help="finished (complete or pruned) trials to reach, over all workers (default: the file's)")
+                        help="trials to run in all, over all workers; interrupted ones are retried and not counted "
+                             "(default: the sweep file's n_trials)")
     parser.add_argument("--storage", metavar="URL",
                         help="Optuna RDB storage shared by workers on many machines, e.g. "
                              "postgresql://user:password@host/db (default: a journal file in the sweep's folder)")
@@ -102,10 +103,12 @@ def open_study(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path,
 
 
 def trials_left(study: optuna.Study, n_trials: int) -> bool:
-    counts = {state: 0 for state in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state] += 1
-    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING] < n_trials
+    """Whether fewer than ``n_trials`` trials have run or are running. Trials that were interrupted (and come
+    back as retries) do not count; trials that ended (complete, pruned, or failed because training diverged) do."""
+    counted = sum(1 for t in study.get_trials(deepcopy=False)
+                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+                  or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")))
+    return counted < n_trials
 
 
 def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: int, threads: int) -> None:

@@ -4,7 +4,7 @@ A sweep file is YAML::
 
     metric: val/psnr            # a metric the model logs every validation epoch
     direction: maximize         # or minimize
-    n_trials: 16                # COMPLETE and PRUNED trials the study should reach, over all workers
+    n_trials: 16                # trials to run, over all workers (interrupted ones are retried, not counted)
     sampler: {class_path: optuna.samplers.TPESampler, init_args: {seed: 0}}
     pruner: {class_path: optuna.pruners.MedianPruner, init_args: {n_warmup_steps: 1}}
     fixed:                      # dotted config keys set for every trial (e.g. shorter trials)
