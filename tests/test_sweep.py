@@ -243,13 +243,18 @@ class PauseInRun(L.Callback):
         if Path(trainer.log_dir).name != self.run or trainer.global_step != self.step or self.marker.exists():
             return
         self.marker.write_text(str(self.step))
-        time.sleep(300)
+        deadline = time.monotonic() + 300
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_without_repeating_finished_trials(mnist_dir, tmp_path, monkeypatch):
-    """SIGKILL in the middle of trial 1's second epoch; the same command again keeps trial 0, marks trial 1
-    failed and retries it from its last.ckpt (epoch 0 is not trained again), then runs the last trial."""
+@pytest.mark.parametrize("signum, state, code", [(signal.SIGKILL, TrialState.RUNNING, -signal.SIGKILL),
+                                                 (signal.SIGTERM, TrialState.FAIL, 128 + signal.SIGTERM)])
+def test_killed_sweep_resumes_without_repeating_finished_trials(mnist_dir, tmp_path, monkeypatch, signum, state,
+                                                                 code):
+    """SIGKILL (or SIGTERM) in the middle of trial 1's second epoch; the same command again keeps trial 0, marks
+    trial 1 failed and retries it from its last.ckpt (epoch 0 is not trained again), then runs the last trial."""
     marker = tmp_path / "paused"
     overlay = tmp_path / "pause.yaml"
     overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
@@ -264,10 +269,10 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(mnist_dir, tmp_p
             proc.kill()
             pytest.fail(f"trial 1 never reached step 4:\n{(tmp_path / 'dae.log').read_text()}")
         time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == code
     out = tmp_path / "out"
-    assert [t.state for t in load(out).trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    assert [t.state for t in load(out).trials] == [TrialState.COMPLETE, state]  # SIGKILL leaves it RUNNING
     first_run = {p: p.stat().st_mtime_ns for p in (out / "trial_000").rglob("*")}
 
     monkeypatch.chdir(tmp_path)

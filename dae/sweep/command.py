@@ -30,6 +30,10 @@ DEFAULT_ROOT = Path("sweeps")
 class TrialInterrupted(Exception):
     """A trial stopped by SIGTERM or Ctrl-C: Optuna marks it FAIL, and the next run of the sweep retries it."""
 
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 def cores() -> int:
     """CPU cores this process may use."""
@@ -112,7 +116,7 @@ def trials_left(study: optuna.Study, n_trials: int) -> bool:
 
 
 def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: int, threads: int) -> None:
-    """Run trials until the study has ``n_trials`` finished or running ones (this worker's share of the loop)."""
+    """Run trials until ``n_trials`` have run or are running (see ``trials_left``), this worker's share."""
     torch.set_num_threads(threads)
     lock = WorkerLock(sweep_dir)
     try:
@@ -128,9 +132,11 @@ def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: i
             trial.set_user_attr("threads", threads)
             try:
                 return run_trial(trial, spec, args.config, sweep_dir)
-            except (SIGTERMException, KeyboardInterrupt) as e:
+            except (SystemExit, KeyboardInterrupt) as e:  # SIGTERM (after last.ckpt), or Ctrl-C (Lightning exits)
                 trial.set_user_attr("interrupted", True)
-                raise TrialInterrupted(f"trial {trial.number} interrupted; run the same command again to go on") from e
+                code = 128 + signal.SIGTERM if isinstance(e, SIGTERMException) else 128 + signal.SIGINT
+                raise TrialInterrupted(code, f"trial {trial.number} interrupted; run the same command again to go on "
+                                             "(it resumes from its last.ckpt)") from e
             except FloatingPointError as e:  # the run diverged: a result of these settings, not to be retried
                 trial.set_user_attr("error", str(e))
                 raise
@@ -229,7 +235,7 @@ def sweep_command(argv: Sequence[str]) -> int:
         return sweep(args)
     except TrialInterrupted as e:
         print(f"dae sweep: {e}", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return e.code
     except (ValueError, FileNotFoundError) as e:
         print(f"dae sweep: error: {e}", file=sys.stderr)
         return 2
