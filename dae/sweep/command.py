@@ -96,6 +96,9 @@ def open_study(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path,
     identity = json.loads(json.dumps(spec.as_dict()))
     recorded = study.user_attrs.get("sweep")
     if recorded is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.metric])  # dashboards label the objective val/psnr, not "Objective 0"
         study.set_user_attr("sweep", identity)
         study.set_user_attr("configs", [str(c) for c in args.config])
     elif recorded != identity:
