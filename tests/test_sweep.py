@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -27,7 +26,7 @@ from dae.cli import main  # noqa: E402
 from dae.sweep.spec import SweepFileError, load_spec  # noqa: E402
 from dae.sweep.study import JOURNAL_NAME, make_storage  # noqa: E402
 from dae.sweep.trial import run_trial  # noqa: E402
-from tests.conftest import ROOT, dae_subprocess, run_dae  # noqa: E402
+from tests.conftest import ROOT, dae_subprocess  # noqa: E402
 
 CONFIG = ROOT / "configs" / "mnist.yaml"
 

@@ -19,10 +19,12 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import TrialState
 
+from dae.cli import user_error
 from dae.sweep.report import summary
 from dae.sweep.spec import SweepSpec, load_spec
 from dae.sweep.study import JOURNAL_NAME, WorkerLock, fail_dead_trials, make_storage
-from dae.sweep.trial import base_values, check_keys, check_metric, run_trial
+from dae.sweep.checks import base_values, check_keys, check_metric
+from dae.sweep.trial import run_trial
 
 DEFAULT_ROOT = Path("sweeps")
 
@@ -210,6 +212,9 @@ def sweep(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise ValueError("give the experiment with --config FILE (as for dae fit)")
+    for config in args.config:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"{config}: no such config file")
     base = check_keys(spec, args.config)
     check_metric(spec, args.config)
     study, _, created = open_study(spec, args, sweep_dir, create=True)
@@ -239,6 +244,6 @@ def sweep_command(argv: Sequence[str]) -> int:
     except TrialInterrupted as e:
         print(f"dae sweep: {e}", file=sys.stderr)
         return e.code
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dae sweep: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # what the user gave: one line, no traceback
+        print(f"dae sweep: error: {user_error(e) or e}", file=sys.stderr)
         return 2
