@@ -1,12 +1,12 @@
 """Trials per hour of ``dae sweep`` with 1 and 2 worker processes on this machine, measured in one run.
 
-    python benchmarks/sweep_workers.py                            # 8 trials per sweep, 3 rounds
-    python benchmarks/sweep_workers.py --trials 6 --steps 300 --rounds 2
+    python benchmarks/sweep_workers.py --contestants ab             # 1 against 2 workers, 3 rounds
+    python benchmarks/sweep_workers.py --contestants ac --rounds 1  # 1 worker against 2 that oversubscribe
 
 Every sweep is the same search: the baseline ConvAutoencoder of configs/fashion_mnist.yaml (Debian's
 Fashion-MNIST), learning rate and weight decay drawn at random, ``--trials`` trials of one epoch of ``--steps``
 batches with validation on 10 batches, no pruning (so that every trial does the same work). Each round runs it
-three times, in fresh folders, one after the other:
+once per contestant, in fresh folders, one after the other:
 
 (a) ``--workers 1``: one process, all the cores;
 (b) ``--workers 2``: two processes, each with cores/2 threads (what ``dae sweep`` does by default);
@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 from dae.sweep.study import make_storage  # noqa: E402
 
 CONTESTANTS = {
-    "1 worker x all cores": lambda cores: ["--workers", "1"],
-    "2 workers x cores/2 threads": lambda cores: ["--workers", "2"],
-    "2 workers x all cores each": lambda cores: ["--workers", "2", "--threads", str(cores)],
+    "a": ("1 worker x all cores", lambda cores: ["--workers", "1"]),
+    "b": ("2 workers x cores/2 threads", lambda cores: ["--workers", "2"]),
+    "c": ("2 workers x all cores each", lambda cores: ["--workers", "2", "--threads", str(cores)]),
 }
 
 
@@ -87,28 +87,30 @@ def run_sweep(work: Path, sweep: Path, config: Path, extra: list[str], name: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8, help="trials per sweep")
-    parser.add_argument("--steps", type=int, default=200, help="training batches per trial (one epoch)")
+    parser.add_argument("--trials", type=int, default=4, help="trials per sweep")
+    parser.add_argument("--steps", type=int, default=150, help="training batches per trial (one epoch)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "fashion_mnist.yaml")
+    parser.add_argument("--contestants", default="abc", help="which of a, b, c to run (a always runs: the ratios' base)")
     args = parser.parse_args()
+    chosen = {key: CONTESTANTS[key] for key in CONTESTANTS if key in args.contestants or key == "a"}
     cores = len(os.sched_getaffinity(0))
     print(f"{cores} cores; {args.trials} trials of {args.steps} steps per sweep; config {args.config.name}; "
           f"torch threads per worker as dae sweep sets them")
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in CONTESTANTS}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in chosen.values()}
     work = Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     try:
         sweep = write_sweep(work, args.trials, args.steps)
         for r in range(args.rounds):
-            for i, (name, extra) in enumerate(CONTESTANTS.items()):
-                wall, span, n = run_sweep(work, sweep, args.config, extra(cores), f"r{r}c{i}")
+            for key, (name, extra) in chosen.items():
+                wall, span, n = run_sweep(work, sweep, args.config, extra(cores), f"round{r}{key}")
                 per_hour = (n / wall * 3600, n / span * 3600)
                 results[name].append(per_hour)
                 print(f"round {r + 1}  {name:30s} {n} trials in {wall:6.1f} s (trials {span:6.1f} s): "
                       f"{per_hour[0]:6.0f} trials/h whole command, {per_hour[1]:6.0f} trials/h over the trials")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base = results[next(iter(CONTESTANTS))]
+    base = results[CONTESTANTS["a"][0]]
     print("\nmedians over rounds (ratios against 1 worker, per round, then the median):")
     for name, values in results.items():
         whole = statistics.median(v[0] for v in values)

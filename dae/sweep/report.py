@@ -107,6 +107,7 @@ def write_best_config(study: optuna.Study, sweep_dir: Path, metric: str) -> Path
         f"# Retrain it: dae fit --config {sweep_dir / BEST_NAME}\n"
     )
     out = sweep_dir / BEST_NAME
+    sweep_dir.mkdir(parents=True, exist_ok=True)  # --show on a machine that ran none of the trials
     out.write_text(header + yaml.safe_dump(config, sort_keys=False))
     return out
 
