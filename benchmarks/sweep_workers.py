@@ -88,7 +88,7 @@ def run_sweep(work: Path, sweep: Path, config: Path, extra: list[str], name: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4, help="trials per sweep")
-    parser.add_argument("--steps", type=int, default=150, help="training batches per trial (one epoch)")
+    parser.add_argument("--steps", type=int, default=300, help="training batches per trial (one epoch)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "fashion_mnist.yaml")
     parser.add_argument("--contestants", default="abc", help="which of a, b, c to run (a always runs: the ratios' base)")
