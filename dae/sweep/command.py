@@ -155,31 +155,46 @@ def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: i
         lock.release()
 
 
-def start_workers(argv: Sequence[str], workers: int, threads: int) -> int:
-    """Run ``workers`` child processes of this sweep, each with ``threads`` threads; returns the worst exit status."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    children = [
-        subprocess.Popen([sys.executable, "-m", "dae", "sweep", *argv, "--threads", str(threads), "--worker"], env=env)
-        for _ in range(workers)
-    ]
+class Workers:
+    """Child processes of this sweep, each with ``threads`` torch threads. They start at once, so that their imports
+    overlap the checks made here, and open the study only once ``go`` says so (``cancel``: they exit)."""
 
-    def forward(signum: int, frame: object) -> None:
-        for child in children:
-            child.send_signal(signum)
+    def __init__(self, argv: Sequence[str], workers: int, threads: int) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        command = [sys.executable, "-m", "dae", "sweep", *argv, "--threads", str(threads), "--worker"]
+        self.children = [subprocess.Popen(command, env=env, stdin=subprocess.PIPE) for _ in range(workers)]
 
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        codes = []
-        for child in children:
-            while True:
-                try:
-                    codes.append(child.wait())
-                    break
-                except KeyboardInterrupt:  # Ctrl-C reached the children too; wait for them to stop
-                    continue
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return max(codes, key=abs)
+    def go(self) -> None:
+        for child in self.children:
+            child.stdin.write(b"go\n")
+            child.stdin.close()
+
+    def cancel(self) -> None:
+        for child in self.children:
+            child.stdin.close()  # end of input: the child exits without running a trial
+        for child in self.children:
+            child.wait()
+
+    def wait(self) -> int:
+        """Wait for every child, passing SIGTERM on to them; returns the worst exit status."""
+
+        def forward(signum: int, frame: object) -> None:
+            for child in self.children:
+                child.send_signal(signum)
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            codes = []
+            for child in self.children:
+                while True:
+                    try:
+                        codes.append(child.wait())
+                        break
+                    except KeyboardInterrupt:  # Ctrl-C reached the children too; wait for them to stop
+                        continue
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return max(codes, key=abs)
 
 
 def worker_argv(args: argparse.Namespace, sweep_dir: Path) -> list[str]:
@@ -208,13 +223,36 @@ def sweep(args: argparse.Namespace) -> int:
         raise ValueError("--workers, --n-trials and --threads must be >= 1")
     threads = args.threads or max(1, cores() // args.workers)
     if args.worker:
-        work(spec, args, sweep_dir, n_trials, threads)
+        if sys.stdin.readline().strip() == "go":  # the parent's checks passed
+            work(spec, args, sweep_dir, n_trials, threads)
         return 0
     if not args.config:
         raise ValueError("give the experiment with --config FILE (as for dae fit)")
     for config in args.config:
         if not Path(config).is_file():
             raise FileNotFoundError(f"{config}: no such config file")
+    workers = Workers(worker_argv(args, sweep_dir), args.workers, threads) if args.workers > 1 else None
+    try:
+        study = prepare(spec, args, sweep_dir)
+    except BaseException:
+        if workers is not None:
+            workers.cancel()
+        raise
+    print(f"dae sweep: study {spec.study_name} in {args.storage or sweep_dir / JOURNAL_NAME}, run folders in "
+          f"{sweep_dir}/, {n_trials} trials, {args.workers} worker(s) x {threads} thread(s)", file=sys.stderr)
+    code = 0
+    if workers is None:
+        work(spec, args, sweep_dir, n_trials, threads)
+    else:
+        workers.go()
+        code = workers.wait()
+    print(summary(study, sweep_dir, spec.metric))
+    return code
+
+
+def prepare(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path) -> optuna.Study:
+    """Check the sweep against the configs, then open (or create) the study; a new one runs the untuned
+    config first when its values lie in the search space."""
     base = check_keys(spec, args.config)
     check_metric(spec, args.config)
     study, _, created = open_study(spec, args, sweep_dir, create=True)
@@ -225,15 +263,7 @@ def sweep(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         else:  # the untuned config as trial 0, so the table shows what tuning gained
             study.enqueue_trial(values, user_attrs={"base_config": True})
-    print(f"dae sweep: study {spec.study_name} in {args.storage or sweep_dir / JOURNAL_NAME}, run folders in "
-          f"{sweep_dir}/, {n_trials} trials, {args.workers} worker(s) x {threads} thread(s)", file=sys.stderr)
-    code = 0
-    if args.workers == 1:
-        work(spec, args, sweep_dir, n_trials, threads)
-    else:
-        code = start_workers(worker_argv(args, sweep_dir), args.workers, threads)
-    print(summary(study, sweep_dir, spec.metric))
-    return code
+    return study
 
 
 def sweep_command(argv: Sequence[str]) -> int:
