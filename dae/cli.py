@@ -280,6 +280,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "evaluate": evaluate_command,
     "denoise": denoise_command,
     "export": export_command,
+    "sweep": lambda argv: importlib.import_module("dae.sweep").sweep_command(argv),  # needs the sweep extra
 }
 
 

@@ -1,0 +1,113 @@
+"""Checks made before the first trial: the sweep's keys are settings of the configs, its values fit their
+types, and the model logs its metric; and the configs' own values of the searched keys."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+
+from dae.cli import DaeCLI
+from dae.sweep.spec import SweepSpec
+from dae.sweep.trial import QUIET, config_args, override_args
+
+
+class SweepConfigError(ValueError):
+    """The sweep's configs and search space do not fit together; the message names the key or metric."""
+
+
+def sample_value(dist: BaseDistribution) -> Any:
+    """One value of ``dist`` (its lower end, or first choice), to check that the config accepts its type."""
+    return dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
+
+
+def resolved_config(configs: Sequence[str | Path], settings: dict[str, Any]) -> dict[str, Any]:
+    """The full ``dae fit`` config (defaults included) that ``configs`` and ``settings`` give, as plain data.
+
+    Raises ``SweepConfigError`` with the option parser's message when it refuses them.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            DaeCLI(args=["fit", *config_args(configs), *override_args(settings), "--print_config"])
+        except SystemExit as e:
+            if e.code not in (0, None):
+                message = " ".join(err.getvalue().split()) or f"exit status {e.code}"
+                raise SweepConfigError(f"the configs {', '.join(map(str, configs))} refuse the sweep's settings: "
+                                       f"{message}") from None
+    return yaml.safe_load(out.getvalue())
+
+
+def config_keys(config: Any, prefix: str = "") -> set[str]:
+    """Every dotted key of a nested config; ``a.init_args.b`` also as ``a.b``, as the option parser accepts it."""
+    keys: set[str] = set()
+    if isinstance(config, dict):
+        for key, value in config.items():
+            name = f"{prefix}{key}"
+            keys.add(name)
+            keys |= config_keys(value, f"{name}.")
+            if key == "init_args":
+                keys |= config_keys(value, prefix)
+    return keys
+
+
+def check_keys(spec: SweepSpec, configs: Sequence[str | Path]) -> dict[str, Any]:
+    """Fail unless every searched and fixed key is a setting of the configs; returns the resolved base config."""
+    base = resolved_config(configs, {})
+    known = config_keys(base)
+    for group, keys in (("params", spec.params), ("fixed", spec.fixed)):
+        for key in keys:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+                hint = f" (did you mean {close[0]}?)" if close else " (dae fit --print_config lists the settings)"
+                raise SweepConfigError(
+                    f"{spec.path}: {group}.{key} is not a setting of {', '.join(map(str, configs))}{hint}"
+                )
+    # The option parser checks the types: one value of every distribution, with the fixed settings.
+    resolved_config(configs, {**spec.fixed, **{key: sample_value(d) for key, d in spec.params.items()}})
+    return base
+
+
+def check_metric(spec: SweepSpec, configs: Sequence[str | Path]) -> None:
+    """Build the model and data of a trial and run one validation batch; fail unless it logs ``spec.metric``."""
+    settings = {**spec.fixed, **{key: sample_value(d) for key, d in spec.params.items()}, **QUIET,
+                "trainer.logger": False, "trainer.limit_val_batches": 1}
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli = DaeCLI(args=[*config_args(configs), *override_args(settings)], run=False, save_config_callback=None)
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    logged = sorted(k for k in cli.trainer.callback_metrics if k.startswith("val/"))
+    if spec.metric not in logged:
+        close = difflib.get_close_matches(spec.metric, logged, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise SweepConfigError(f"{spec.path}: metric {spec.metric} is not logged in validation; {hint}"
+                               f"the model logs {', '.join(logged)}")
+
+
+def in_distribution(value: Any, dist: BaseDistribution) -> bool:
+    """Whether ``dist`` can give ``value`` (steps are not checked: the sampler rounds to them)."""
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return dist.low <= value <= dist.high and (not isinstance(dist, IntDistribution) or float(value).is_integer())
+
+
+def base_values(spec: SweepSpec, base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The base config's own values of the searched keys, and ``key=value`` for those outside the search space."""
+    values, outside = {}, []
+    for key, dist in spec.params.items():
+        node: Any = base
+        for part in key.split("."):
+            if isinstance(node, dict) and part not in node and "init_args" in node:
+                node = node["init_args"]
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None or not in_distribution(node, dist):
+            outside.append(f"{key}={node}")
+        else:
+            values[key] = node
+    return values, outside
