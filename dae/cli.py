@@ -159,12 +159,10 @@ class DaeCLI(LightningCLI):
                 InMemoryDataModule,  # any of its subclasses, by class_path: MNISTDataModule, ImageFolderDataModule
                 subclass_mode_data=True,
                 trainer_defaults=TRAINER_DEFAULTS,
-                save_config_callback=RunConfigCallback,
-                save_config_kwargs={"overwrite": True},
                 parser_kwargs={"prog": "dae", "description": _DESCRIPTION},
                 parser_class=DaeArgumentParser,
                 args=args,
-                **kwargs,
+                **{"save_config_callback": RunConfigCallback, "save_config_kwargs": {"overwrite": True}, **kwargs},
             )
         except Exception as e:
             if isinstance(e, DiskFullError) or not is_disk_full(e) or self.run_lock is None:

@@ -15,8 +15,9 @@ from dae.checkpointing import LAST_NAME
 from dae.cli import DaeCLI
 from dae.sweep.spec import SweepSpec
 
-# Every trial runs quietly: several workers share one terminal, and Optuna prints a line per finished trial.
-QUIET = {"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
+# Every trial runs quietly: several workers share one terminal, and Optuna prints a line per finished trial. A
+# trial is judged by its validation metric alone: the test split is not scored, so a sweep cannot tune on it.
+QUIET = {"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False, "test_after_fit": False}
 
 
 def override_args(settings: dict[str, Any]) -> list[str]:
@@ -103,7 +104,7 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec, configs: Sequence[str | Path
     }
     args = ["fit", *config_args(configs), *override_args(settings)]
     if resume.is_file():
-        args.append(f"--ckpt_path={resume}")
+        args.append("--ckpt_path=last")  # the run named run_name, whose config is this trial's
     reporter = MetricReporter(trial, spec.metric)
     cli = TrialCLI(args, [reporter])
     trainer = cli.trainer
