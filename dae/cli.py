@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+import torch
 from torch import nn
 
 from dae.callbacks import write_loss_plot
@@ -309,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_config_files(args)  # a broken --config file fails here in one line that names it
         DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # A DDP run's process group still has gloo threads running; left to the interpreter's exit they
+            # are torn down in no set order, and the process can abort (SIGABRT) after a finished run.
+            torch.distributed.destroy_process_group()
     except SIGTERMException:  # stopped on request after saving last.ckpt (see SigtermCheckpoint)
         return 128 + signal.SIGTERM
     except DiskFullError as e:  # one line that says where and what to free; the files written before are whole
