@@ -212,8 +212,14 @@ plain = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
                      max_leaves=12)
 
 
-def assert_named(error: CheckpointError, path: Path) -> None:
-    assert str(error).startswith(f"{path}: ") and "\n" not in str(error), str(error)
+def assert_loads_or_fails_naming_the_file(path: Path) -> None:
+    """``load_model(path)`` gives a DenoisingModule, or a one-line CheckpointError that starts with the path."""
+    try:
+        model = load_model(path)
+    except CheckpointError as e:
+        assert str(e).startswith(f"{path}: ") and "\n" not in str(e), str(e)
+    else:
+        assert isinstance(model, DenoisingModule)
 
 
 @pytest.mark.slow
@@ -227,12 +233,7 @@ def test_damaged_checkpoint_bytes_load_or_fail_naming_the_file(trained_run, tmp_
         data[-1 - offset if from_end else offset] = value
     path = tmp_path / "damaged.ckpt"
     path.write_bytes(bytes(data if cut is None else data[: cut % len(data)]))
-    try:
-        model = load_model(path)
-    except CheckpointError as e:
-        assert_named(e, path)
-    else:
-        assert isinstance(model, DenoisingModule)
+    assert_loads_or_fails_naming_the_file(path)
 
 
 @pytest.mark.slow
@@ -250,9 +251,4 @@ def test_checkpoints_of_any_plain_data_load_or_fail_naming_the_file(trained_run,
     for number, content in enumerate(variants):
         path = tmp_path / f"variant{number}.ckpt"
         torch.save(content, path)
-        try:
-            model = load_model(path)
-        except CheckpointError as e:
-            assert_named(e, path)
-        else:
-            assert isinstance(model, DenoisingModule)
+        assert_loads_or_fails_naming_the_file(path)
