@@ -107,15 +107,21 @@ def _check_fraction(name: str, value: float) -> None:
 class RandomPatchDataset(Dataset):
     """Random ``patch_size`` crops of in-memory images: ``patches_per_image`` per image and epoch.
 
+    With ``augment`` each crop is also put in one of the 8 orientations of a square (4 rotations by 90 degrees,
+    each mirrored or not), drawn with its position: the standard augmentation of denoising training, which
+    changes no pixel value and keeps the crop's size.
+
     Items are asked for by ``(seed, epoch, index)`` keys (``dae.sampling.KeyedEpochSampler``), and each crop's
     position is drawn from a generator seeded by its key alone: the same crop in any worker process and when a run
     resumes, a fresh one every epoch, and different ones on DDP ranks (which take different indices).
     """
 
-    def __init__(self, images: list[Tensor], patch_size: int, patches_per_image: int = 1) -> None:
+    def __init__(self, images: list[Tensor], patch_size: int, patches_per_image: int = 1,
+                 augment: bool = False) -> None:
         self.images = images
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.images) * self.patches_per_image
@@ -125,7 +131,12 @@ class RandomPatchDataset(Dataset):
         image = self.images[index % len(self.images)]
         rng = numpy_generator(seed, epoch, index)
         top, left = (int(rng.integers(side - self.patch_size + 1)) for side in image.shape[-2:])
-        return TF.crop(image, top, left, self.patch_size, self.patch_size)
+        patch = TF.crop(image, top, left, self.patch_size, self.patch_size)
+        if not self.augment:
+            return patch
+        orientation = int(rng.integers(8))
+        patch = torch.rot90(patch, orientation % 4, dims=(-2, -1))
+        return TF.horizontal_flip(patch) if orientation >= 4 else patch
 
     def __getitems__(self, keys: list[tuple[int, int, int]]) -> Tensor:
         # The same batch form as ImageTensorDataset: one uint8 tensor (B, C, patch, patch).
@@ -141,6 +152,8 @@ class ImageFolderDataModule(InMemoryDataModule):
         patch_size: side of the square crops the network sees: random crops for training, centre crops
             for validation and test. Images smaller than this are skipped with a warning.
         patches_per_image: random crops taken from each training image per epoch.
+        augment: put each training crop in a random one of the 8 orientations of a square (rotations by 90
+            degrees and mirror images), as denoisers of photos are usually trained.
         batch_size: crops per batch.
         val_split: the fraction of the files, in (0, 1), that validate.
         test_split: the fraction of the files, in (0, 1), that test; the rest train. Each file's split follows
@@ -163,6 +176,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         channels: int = 1,
         patch_size: int = 28,
         patches_per_image: int = 1,
+        augment: bool = False,
         batch_size: int = 64,
         val_split: float = 0.1,
         test_split: float = 0.1,
@@ -192,6 +206,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.channels = channels
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
+        self.augment = augment
         self.val_split = val_split
         self.test_split = test_split
         self.split_seed = split_seed
@@ -246,7 +261,8 @@ class ImageFolderDataModule(InMemoryDataModule):
     def setup(self, stage: str | None = None) -> None:
         splits = self._split_images()
         if stage in (None, "fit", "validate") and self.train_set is None:
-            self.train_set = RandomPatchDataset(splits["train"], self.patch_size, self.patches_per_image)
+            self.train_set = RandomPatchDataset(splits["train"], self.patch_size, self.patches_per_image,
+                                                self.augment)
             self.val_set = self._centre_crops(splits["val"])
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._centre_crops(splits["test"])

@@ -27,7 +27,9 @@ def load(path: Path) -> dict:
 def fixture_data_args(config: dict, mnist_dir: Path, image_dir: Path) -> list[str]:
     """Point a config's data module at the test's fixture files instead of the real data sets."""
     if config["data"]["class_path"] == "dae.image_folder.ImageFolderDataModule":
-        return [f"--data.init_args.data_dir={image_dir}"]
+        # 30 fixture pictures: splits large enough that each gets some (Train400 configs test on 2%).
+        return [f"--data.init_args.data_dir={image_dir}", "--data.init_args.val_split=0.2",
+                "--data.init_args.test_split=0.2"]
     # MNIST-format sets all share the IDX layout, so the MNIST fixture stands in for each (320 train images).
     return [f"--data.init_args.data_dir={mnist_dir}", "--data.init_args.val_split=64",
             "--data.init_args.download=false"]

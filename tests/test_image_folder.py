@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from dae.image_folder import ImageFolderDataModule, decode_image
+from dae.image_folder import ImageFolderDataModule, RandomPatchDataset, decode_image
 from dae.module import DenoisingModule
 from dae.nets import ConvAutoencoder
 from tests.conftest import fake_rank
@@ -144,6 +144,41 @@ def _identical_pictures(folder: Path, n: int = 20) -> Path:
     for i in range(1, n):
         shutil.copy(folder / "img000.png", folder / f"copy{i:03d}.png")
     return folder
+
+
+def _orientations(image: torch.Tensor) -> list[bytes]:
+    """The 8 orientations of a square image: 4 rotations by 90 degrees, each mirrored or not."""
+    rotations = [torch.rot90(image, k, dims=(-2, -1)) for k in range(4)]
+    return [bytes(t.numpy()) for t in rotations + [r.flip(-1) for r in rotations]]
+
+
+def test_augmentation_keeps_the_patch_size_and_draws_all_8_orientations():
+    image = torch.arange(36, dtype=torch.uint8).reshape(1, 6, 6)  # every pixel distinct: orientations differ
+    assert len(set(_orientations(image))) == 8
+    plain = RandomPatchDataset([image], patch_size=6)
+    assert {bytes(plain[(0, epoch, 0)].numpy()) for epoch in range(50)} == {bytes(image.numpy())}
+    augmented = RandomPatchDataset([image], patch_size=6, augment=True)
+    patches = [augmented[(0, epoch, 0)] for epoch in range(200)]
+    assert all(p.shape == (1, 6, 6) and p.dtype == torch.uint8 for p in patches)
+    assert {bytes(p.numpy()) for p in patches} == set(_orientations(image))
+    # Seeded by the key like the crop position: the same key gives the same patch.
+    assert torch.equal(augmented[(0, 7, 0)], patches[7])
+
+
+def test_augment_option_orients_the_training_crops_of_an_image_folder(tmp_path):
+    square = (np.arange(32 * 32).reshape(32, 32) * 7 % 251).astype(np.uint8)
+    for i in range(12):
+        Image.fromarray(square).save(tmp_path / f"{i:02d}.png")
+    for augment, expected in ((False, 1), (True, 8)):
+        dm = make_dm(tmp_path, channels=1, patch_size=32, patches_per_image=20, batch_size=50, augment=augment,
+                     val_split=0.2, test_split=0.2)
+        dm.setup("fit")
+        torch.manual_seed(0)
+        crops = torch.cat(list(dm.train_dataloader()))
+        assert crops.shape[1:] == (1, 32, 32)
+        seen = {bytes(c.numpy()) for c in crops}
+        assert seen <= set(_orientations(torch.from_numpy(square)[None])) and len(seen) == expected
+        assert torch.equal(dm.val_set.images[0, 0], torch.from_numpy(square))  # validation is never turned
 
 
 def test_ddp_ranks_draw_different_crops(tmp_path):
