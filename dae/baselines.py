@@ -1,7 +1,8 @@
 """Classical denoisers to compare against: BM3D (``bm3d``) and NL-means, TV, wavelet (scikit-image).
 
 They live in the optional extra ``baselines`` (``pip install 'dae[baselines]'``). Each is given the true
-noise std and has a small parameter grid that ``tune`` searches on validation images; a missing package
+noise std and has a small parameter grid that ``dae evaluate`` searches on validation images, and settings
+for when there are none (``untuned``: BM3D with the true std, as published results use it); a missing package
 removes its baselines with a notice (``available_baselines``), never an error.
 """
 
@@ -60,6 +61,7 @@ class Baseline:
     packages: tuple[str, ...]  # the import names that must be installed
     fn: Callable[..., np.ndarray]
     grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    untuned: dict[str, Any] = field(default_factory=dict)  # the settings without validation images to tune on
 
     def denoise(self, noisy: Tensor, std: float, params: dict[str, Any]) -> Tensor:
         """Denoise a (N, C, H, W) batch image by image, channel by channel (grey images are all we tune on)."""
@@ -76,13 +78,16 @@ BASELINES: dict[str, Baseline] = {
         # Noise clipped to [0, 1] is weaker than its nominal std on dark and bright pixels (about 0.6 of it on
         # black), so each method may also scale the std it is given. BM3D costs ~0.5 s per call even on 28x28
         # images (fixed overhead of the bm4d library), hence its short grid.
-        Baseline("BM3D", ("bm3d",), _bm3d, _grid(sigma_scale=[0.5, 0.7, 1.0])),
+        # Untuned: the true std (BM3D's published protocol), skimage's recommended h = 0.8 sigma for NL-means.
+        Baseline("BM3D", ("bm3d",), _bm3d, _grid(sigma_scale=[0.5, 0.7, 1.0]), dict(sigma_scale=1.0)),
         Baseline(
-            "NL-means", ("skimage",), _nl_means, _grid(h_scale=[0.15, 0.3, 0.45, 0.6, 0.8, 1.0], patch_size=[3, 5])
+            "NL-means", ("skimage",), _nl_means, _grid(h_scale=[0.15, 0.3, 0.45, 0.6, 0.8, 1.0], patch_size=[3, 5]),
+            dict(h_scale=0.8, patch_size=5),
         ),
-        Baseline("TV", ("skimage",), _tv, _grid(weight_scale=[0.25, 0.4, 0.6, 0.8, 1.0, 1.3])),
+        Baseline("TV", ("skimage",), _tv, _grid(weight_scale=[0.25, 0.4, 0.6, 0.8, 1.0, 1.3]), dict(weight_scale=1.0)),
         Baseline(
-            "wavelet", ("skimage", "pywt"), _wavelet, _grid(method=["BayesShrink", "VisuShrink"], wavelet=["db1", "db2", "sym4"])
+            "wavelet", ("skimage", "pywt"), _wavelet, _grid(method=["BayesShrink", "VisuShrink"], wavelet=["db1", "db2", "sym4"]),
+            dict(method="BayesShrink", wavelet="db1"),
         ),
     )
 }

@@ -4,6 +4,11 @@ For each noise std the clean test images get one noisy copy (a seeded generator,
 method sees the very same noisy images); each method denoises it and is scored by per-image PSNR and SSIM
 (torchmetrics, data range 1, outputs clipped to [0, 1]) and timed in images/s. Classical baselines are
 tuned per std on validation images with their own seeded noise, never on the test images.
+
+``--images DIR`` follows the published protocol of gray-image denoising benchmarks (Set12, BSD68) instead: the
+full-size clean images of a folder, unclipped Gaussian noise of each std, every output clipped to [0, 1] and
+rounded to 8 bits before PSNR is taken per image and averaged over the set, and the classical baselines given
+the true std without tuning.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from torch import Tensor
 
 from dae.baselines import BASELINES, Baseline, available_baselines
 from dae.data import DATASETS, InMemoryDataModule, MNISTDataModule
-from dae.image_folder import ImageFolderDataModule
+from dae.image_folder import ImageFolderDataModule, load_image_folder
 from dae.inference import add_allow_class_option, load_checkpoint, load_model, resolve_checkpoint
 from dae.module import DenoisingModule, image_metrics, to_unit_float
 from dae.noise import GaussianNoise
+from dae.seeding import torch_generator
 
 DEFAULT_STDS = (0.1, 0.25, 0.5)
+DEFAULT_SIGMAS_255 = (15, 25, 50)  # with --images: the levels of the published gray-image tables
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,10 @@ class NetworkMethod:
 
 
 class BaselineMethod:
-    """A classical denoiser given the true std, its parameters tuned per std on validation images."""
+    """A classical denoiser given the true std, its parameters tuned per std on validation images (or its
+    ``untuned`` settings when ``clean_val`` is None)."""
 
-    def __init__(self, baseline: Baseline, clean_val: Tensor, seed: int, clip: bool) -> None:
+    def __init__(self, baseline: Baseline, clean_val: Tensor | None, seed: int, clip: bool) -> None:
         self.name, self.baseline = baseline.name, baseline
         self.clean_val, self.seed, self.clip = clean_val, seed, clip
         self.params: dict[float, dict[str, Any]] = {}
@@ -82,8 +90,8 @@ class BaselineMethod:
     def prepare(self, std: float) -> str:
         """Pick the grid point with the best validation PSNR at ``std``; returns it as text."""
         grid = self.baseline.grid
-        best = grid[0]
-        if len(grid) > 1:
+        best = self.baseline.untuned if self.clean_val is None else grid[0]
+        if self.clean_val is not None and len(grid) > 1:
             noisy = noisy_copy(self.clean_val, std, self.seed, self.clip)
             psnrs = [scores(self.baseline.denoise(noisy, std, p), self.clean_val)[0] for p in grid]
             best = grid[max(range(len(grid)), key=psnrs.__getitem__)]
@@ -109,12 +117,49 @@ def evaluate(methods: Sequence[Any], clean: Tensor, stds: Iterable[float], seed:
     return rows
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
-    """One line per method; PSNR / SSIM per std, and images/s averaged over the stds."""
+def to_8_bits(images: Tensor) -> Tensor:
+    """``images`` clipped to [0, 1] and rounded to the nearest of 256 levels, as a saved 8-bit image would be."""
+    return images.clamp(0, 1).mul(255).round().div(255)
+
+
+def evaluate_images(methods: Sequence[Any], images: Sequence[Tensor], stds: Iterable[float], seed: int) -> list[Row]:
+    """Score the noisy input and every method at every std on full-size (C, H, W) images, the published way.
+
+    Image ``i`` gets the noise ``std * z_i`` at every std, ``z_i`` a standard normal draw keyed by (seed, i),
+    unclipped; every method denoises the same noisy image, and its output is rounded to 8 bits (``to_8_bits``)
+    before it is scored. PSNR and SSIM are taken per image and averaged over the images.
+    """
+    unit_noise = [torch.randn(image.shape, generator=torch_generator(seed, i)) for i, image in enumerate(images)]
+    rows = []
+    for std in stds:
+        noisy = [image + std * z for image, z in zip(images, unit_noise)]
+        rows.append(Row("noisy input", std, *_image_scores(noisy, images), images_per_s=None))
+        for method in methods:
+            params = method.prepare(std)
+            start = time.perf_counter()
+            denoised = [method(x[None].clone(), std)[0] for x in noisy]
+            seconds = time.perf_counter() - start
+            rows.append(Row(method.name, std, *_image_scores(denoised, images), len(images) / seconds, params))
+    return rows
+
+
+def _image_scores(denoised: Sequence[Tensor], clean: Sequence[Tensor]) -> tuple[float, float]:
+    """Mean per-image PSNR (dB) and SSIM of images of any sizes, each rounded to 8 bits first."""
+    metrics = image_metrics("")
+    for d, c in zip(denoised, clean):
+        metrics.update(to_8_bits(d.float())[None], c[None])
+    result = metrics.compute()
+    return float(result["psnr"]), float(result["ssim"])
+
+
+def markdown_table(rows: Sequence[Row], scale: float = 1.0) -> str:
+    """One line per method; PSNR / SSIM per std, and images/s averaged over the stds. ``scale`` 255 labels the
+    stds on the 0..255 scale (``sigma 25``) instead of [0, 1] (``std 0.1``)."""
     stds = list(dict.fromkeys(r.std for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
     cell = {(r.method, r.std): r for r in rows}
-    header = ["method", *(f"std {s:g}: PSNR / SSIM" for s in stds), "images/s"]
+    label = "sigma" if scale == 255 else "std"
+    header = ["method", *(f"{label} {s * scale:.4g}: PSNR / SSIM" for s in stds), "images/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in methods:
         found = [cell[method, s] for s in stds if (method, s) in cell]
@@ -213,8 +258,16 @@ def _positive(kind: type) -> Any:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dae evaluate", description=evaluate_command.__doc__)
     parser.add_argument("checkpoints", nargs="*", help=".ckpt files or run folders (their best checkpoint)")
-    parser.add_argument("--std", type=float, nargs="+", default=list(DEFAULT_STDS),
-                        help="Gaussian noise stds on the [0, 1] scale (default: %(default)s)")
+    parser.add_argument("--images", metavar="DIR",
+                        help="score on the full-size clean images of this folder (PNG/JPEG/TIFF/BMP, recursive) by "
+                        "the published protocol of Set12 and BSD68: unclipped noise, outputs rounded to 8 bits, PSNR "
+                        "per image averaged over the set, classical baselines given the true std untuned")
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("--std", type=float, nargs="+",
+                        help=f"Gaussian noise stds on the [0, 1] scale (default: {' '.join(map(str, DEFAULT_STDS))})")
+    levels.add_argument("--sigma255", type=float, nargs="+", metavar="SIGMA",
+                        help="Gaussian noise stds on the 0..255 scale, as published tables give them (default with "
+                        f"--images: {' '.join(map(str, DEFAULT_SIGMAS_255))})")
     parser.add_argument("--limit", type=_positive(int), help="evaluate on the first N test images only")
     parser.add_argument("--tune-limit", type=_positive(int), default=100,
                         help="validation images for tuning the classical baselines (default: %(default)s)")
@@ -234,13 +287,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def evaluate_command(argv: Sequence[str]) -> int:
-    """``dae evaluate [CKPT ...]``: PSNR/SSIM and speed of checkpoints and classical baselines on the test split."""
+    """``dae evaluate [CKPT ...]``: PSNR/SSIM and speed of checkpoints and classical baselines on the test split,
+    or (``--images DIR``) on a folder of full-size images by the published protocol."""
     parser = _parser()
     args = parser.parse_intermixed_args(argv)  # checkpoints may also follow the options
-    if any(not 0 <= s <= 1 for s in args.std):
+    if args.sigma255 is not None:
+        stds = [s / 255 for s in args.sigma255]
+    elif args.std is not None:
+        stds = args.std
+    else:
+        stds = [s / 255 for s in DEFAULT_SIGMAS_255] if args.images else list(DEFAULT_STDS)
+    if args.std is not None and any(not 0 <= s <= 1 for s in args.std):
         parser.error(f"--std values must lie in [0, 1] (the image scale), got {args.std}")
+    if args.sigma255 is not None and any(not 0 <= s <= 255 for s in args.sigma255):
+        parser.error(f"--sigma255 values must lie in [0, 255] (the 8-bit scale), got {args.sigma255}")
+    if args.images is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("dataset", "data_dir", "limit", "clip")
+                 if getattr(args, name) not in (None, False)]
+        if given:
+            parser.error(f"--images scores every image of a folder with unclipped noise; {', '.join(given)} "
+                         "applies to a data set's test split")
+        return _evaluate_images_command(parser, args, stds)
     if not args.checkpoints and args.dataset is None:
-        parser.error("give at least one checkpoint, or --dataset to evaluate the baselines alone")
+        parser.error("give at least one checkpoint, or --dataset (or --images DIR) to evaluate the baselines alone")
     try:
         networks, data_hparams = _network_methods(args.checkpoints, args.batch_size, args.allow_class)
         baselines, notices = available_baselines(args.baselines)
@@ -252,15 +321,48 @@ def evaluate_command(argv: Sequence[str]) -> int:
     for notice in notices:
         print(f"notice: {notice}")
     methods = [*networks, *(BaselineMethod(b, clean_val, args.seed + 1, args.clip) for b in baselines)]
-    rows = evaluate(methods, clean, args.std, args.seed, args.clip)
+    rows = evaluate(methods, clean, stds, args.seed, args.clip)
     dataset, data_dir = describe(data)
     settings = {
         "dataset": dataset, "data_dir": data_dir, "split": "test", "images": len(clean),
-        "stds": args.std, "clip": args.clip, "seed": args.seed, "tune_images": len(clean_val),
-        "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "stds": stds, "clip": args.clip, "seed": args.seed, "tune_images": len(clean_val),
+        "hardware": _hardware(),
     }
     print(f"{dataset} test split, {len(clean)} images, Gaussian noise {'clipped to [0, 1]' if args.clip else 'unclipped'}\n")
     print(markdown_table(rows))
+    for path in write_results(rows, settings, Path(args.output)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _hardware() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+
+
+def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Namespace, stds: list[float]) -> int:
+    """``dae evaluate [CKPT ...] --images DIR``: the published protocol on a folder of full-size clean images."""
+    if not args.checkpoints and not args.baselines:
+        parser.error("give at least one checkpoint or baseline to score on --images")
+    try:
+        networks, _ = _network_methods(args.checkpoints, args.batch_size, args.allow_class)
+        channels = {getattr(m.module.net, "in_channels", 1) for m in networks} or {1}
+        if len(channels) > 1:
+            raise ValueError("the checkpoints take different numbers of channels; evaluate them separately")
+        baselines, notices = available_baselines(args.baselines)
+        images = [to_unit_float(image) for image in load_image_folder(Path(args.images), channels.pop(), 1).values()]
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
+        parser.exit(2, f"dae evaluate: error: {e}\n")
+    for notice in notices:
+        print(f"notice: {notice}")
+    methods = [*networks, *(BaselineMethod(b, None, args.seed, clip=False) for b in baselines)]
+    rows = evaluate_images(methods, images, stds, args.seed)
+    settings = {
+        "images_dir": str(args.images), "images": len(images), "stds": stds, "sigma255": [s * 255 for s in stds],
+        "clip": False, "outputs": "clipped to [0, 1] and rounded to 8 bits", "seed": args.seed,
+        "baselines": "untuned, given the true std", "hardware": _hardware(),
+    }
+    print(f"{args.images}: {len(images)} full-size images, unclipped Gaussian noise, outputs rounded to 8 bits\n")
+    print(markdown_table(rows, scale=255))
     for path in write_results(rows, settings, Path(args.output)):
         print(f"wrote {path}")
     return 0

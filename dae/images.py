@@ -103,7 +103,7 @@ def read_image_tensor(path: str | Path, channels: int) -> torch.Tensor:
         pixels = np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
     elif channels == 3 and pixels.shape[2] == 1:
         pixels = pixels.repeat(3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(pixels, order="C")).permute(2, 0, 1).contiguous()  # a copy: Pillow's may be read-only
 
 
 def write_png16(path: Path, pixels: np.ndarray) -> None:
