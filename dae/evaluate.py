@@ -164,7 +164,9 @@ def markdown_table(rows: Sequence[Row], scale: float = 1.0) -> str:
     for method in methods:
         found = [cell[method, s] for s in stds if (method, s) in cell]
         speeds = [r.images_per_s for r in found if r.images_per_s is not None]
-        speed = f"{sum(speeds) / len(speeds):,.0f}" if speeds else "-"
+        mean_speed = sum(speeds) / len(speeds) if speeds else None
+        # Whole numbers for the fast ones; two significant digits for slow methods on big images (0.21).
+        speed = "-" if mean_speed is None else f"{mean_speed:,.0f}" if mean_speed >= 10 else f"{mean_speed:.2g}"
         values = [f"{cell[method, s].psnr:.2f} / {cell[method, s].ssim:.3f}" if (method, s) in cell else "-"
                   for s in stds]
         lines.append("| " + " | ".join([method, *values, speed]) + " |")

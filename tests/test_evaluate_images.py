@@ -10,7 +10,7 @@ from PIL import Image
 
 from dae.baselines import BASELINES
 from dae.cli import main
-from dae.evaluate import BaselineMethod, evaluate_images
+from dae.evaluate import BaselineMethod, Row, evaluate_images, markdown_table
 
 
 class Recorder:
@@ -110,3 +110,11 @@ def test_bad_image_evaluations_stop_with_a_clear_message(args, message, tmp_path
         main(["evaluate", *args, "-o", str(tmp_path / "r")])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_table_labels_sigmas_on_the_255_scale_and_keeps_slow_speeds_readable():
+    rows = [Row("noisy input", 25 / 255, 20.3, 0.36, None), Row("BM3D", 25 / 255, 29.98, 0.85, 0.039),
+            Row("net", 25 / 255, 30.1, 0.86, 1234.5)]
+    table = markdown_table(rows, scale=255)
+    assert "| method | sigma 25: PSNR / SSIM | images/s |" in table
+    assert "| BM3D | 29.98 / 0.850 | 0.039 |" in table and "| net | 30.10 / 0.860 | 1,234 |" in table
