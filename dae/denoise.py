@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from dae.images import ImageFileError, from_unit_tensor, image_suffixes, read_image, to_unit_tensor, write_image
 from dae.inference import CheckpointError, add_allow_class_option, denoise_image, input_size, load_model
+from dae.pretrained import DEFAULT_MODEL
 
 COMPARE_SUFFIX = "_compare.png"
 _GAP = 2  # white pixels between the panels of a --compare picture
@@ -114,7 +115,10 @@ def _parser() -> argparse.ArgumentParser:
         "16-bit PNG out).",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    parser.add_argument("--ckpt", required=True, help="a run folder (uses its best checkpoint) or a .ckpt file")
+    parser.add_argument("--ckpt", default=DEFAULT_MODEL,
+                        help="a run folder (uses its best checkpoint), a .ckpt file, or a model shipped with dae "
+                        f"(default: {DEFAULT_MODEL}, a blind denoiser of gray photos up to noise std 55/255; colour "
+                        "images go channel by channel)")
     parser.add_argument("-o", "--output", required=True, help="folder for the denoised images")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default)")
     parser.add_argument("--batch-size", type=int, metavar="N",
@@ -137,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def denoise_command(argv: Sequence[str]) -> int:
-    """``dae denoise --ckpt RUN_OR_CKPT INPUT... -o OUTDIR``; exit code 1 when any input failed."""
+    """``dae denoise [--ckpt RUN_OR_CKPT] INPUT... -o OUTDIR``; exit code 1 when any input failed."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
@@ -159,7 +163,7 @@ def denoise_command(argv: Sequence[str]) -> int:
                        f"takes {size[0]}x{size[1]} inputs and is always tiled at that size\n")
     how = (f"{size[0]}x{size[1]} tiles" if size else f"{args.tile}x{args.tile} tiles (--tile)" if args.tile
            else "whole images (fully convolutional)")
-    print(f"network: {type(net).__name__} on {device}, {how}", file=sys.stderr)
+    print(f"network: {type(net).__name__} ({args.ckpt}) on {device}, {how}", file=sys.stderr)
     jobs, errors = collect_jobs(args.inputs)
     denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
                         args.tile_margin)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dae.module import DenoisingModule
+from dae.pretrained import builtin_checkpoint, is_builtin
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters")
 # Modules whose nn.Module classes any checkpoint may name; other classes only when the caller allows them.
@@ -51,12 +52,18 @@ def _best_from_last(last: Path, candidates: list[Path]) -> Path | None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``.ckpt`` file as given, or a run folder's best checkpoint.
+    """A ``.ckpt`` file as given, a run folder's best checkpoint, or a model shipped with dae (``builtin:NAME``,
+    see ``dae.pretrained``).
 
     A run folder (``lightning_logs/version_N``, or its ``checkpoints/`` folder) resolves to
     ``checkpoints/best-*.ckpt``; when a run kept several, the one its ``last.ckpt`` records as best (else
     the newest). Without any ``best-*.ckpt`` it falls back to ``last.ckpt``.
     """
+    if is_builtin(str(path)):
+        try:
+            return builtin_checkpoint(str(path))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or run folder")

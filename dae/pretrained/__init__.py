@@ -1,0 +1,47 @@
+"""The trained models that ship with dae, named ``builtin:NAME`` wherever a checkpoint is asked for.
+
+Each is a plain dae checkpoint (weights and hyper-parameters only, loaded with ``weights_only=True``) next to the
+config it was trained with; README.md in this folder says what data each was trained on.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+PREFIX = "builtin:"
+# name -> checkpoint file in this package
+BUILTIN_MODELS = {"gray-blind": "gray_blind.ckpt"}
+DEFAULT_MODEL = PREFIX + "gray-blind"
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` asks for a shipped model (``builtin:NAME``) rather than a file."""
+    return str(name).startswith(PREFIX)
+
+
+def builtin_checkpoint(name: str) -> Path:
+    """The checkpoint file of ``builtin:NAME``; ``ValueError`` listing the shipped models for an unknown name."""
+    short = str(name).removeprefix(PREFIX)
+    if short not in BUILTIN_MODELS:
+        known = ", ".join(PREFIX + n for n in BUILTIN_MODELS)
+        raise ValueError(f"{name}: no such built-in model; dae ships {known}")
+    return Path(str(resources.files(__name__) / BUILTIN_MODELS[short]))
+
+
+# What using a trained model needs; the rest of a training checkpoint (optimizer state, callbacks, loops) is
+# for resuming the training.
+MODEL_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "pytorch-lightning_version")
+
+
+def slim_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Write the weights and hyper-parameters of the dae checkpoint ``source`` alone to ``target``, a file that
+    ``dae denoise``, ``dae evaluate`` and ``dae export`` use like the original (about a third of its size)."""
+    from dae.inference import load_checkpoint, resolve_checkpoint  # inference resolves builtin: names here
+
+    ckpt = load_checkpoint(resolve_checkpoint(source))
+    target = Path(target)
+    torch.save({key: ckpt[key] for key in MODEL_KEYS if key in ckpt}, target)
+    return target
