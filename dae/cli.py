@@ -31,7 +31,8 @@ from dae.evaluate import evaluate_command
 from dae.export import export_command
 from dae.module import DenoisingModule
 from dae.report import run_summary, write_test_metrics
-from dae.runs import IGNORED, RunLock, choose_run, flatten, matching_run, version_folder
+from dae.runs import (IGNORED, RunLock, choose_run, clear_unstarted_run, flatten, matching_run, remove_if_empty,
+                      version_folder)
 from dae.threads import share_cores
 
 TRAINER_DEFAULTS = {
@@ -193,6 +194,7 @@ class DaeCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         self.run_lock: RunLock | None = None
+        self.new_run = self.new_root = False  # the run folder (and lightning_logs/) this fit made
         self.chosen_version = False
         try:
             super().__init__(
@@ -205,7 +207,10 @@ class DaeCLI(LightningCLI):
                 args=args,
                 **{"save_config_callback": RunConfigCallback, "save_config_kwargs": {"overwrite": True}, **kwargs},
             )
-        except Exception as e:
+        except BaseException as e:
+            trainer = getattr(self, "trainer", None)
+            if self.new_run and (trainer is None or trainer.global_step == 0):
+                clear_unstarted_run(self.run_lock.run)  # a failed start leaves no run folder behind
             if isinstance(e, DiskFullError) or not is_disk_full(e) or self.run_lock is None:
                 raise
             run = self.run_lock.run  # e.g. the event file: say where, as for a checkpoint
@@ -213,6 +218,8 @@ class DaeCLI(LightningCLI):
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
+                if self.new_root and not self.run_lock.run.exists():
+                    remove_if_empty(self.run_lock.run.parent)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key, (class_path, init_args, help) in DEFAULT_CALLBACKS.items():
@@ -276,9 +283,12 @@ class DaeCLI(LightningCLI):
             if resume and init.get("version") is None and (found := matching_run(root, current, RESUME_IGNORES)):
                 init.version = found
             return
-        version, resumed = choose_run(root, init.get("version"), resume, current, RESUME_IGNORES)
+        given = init.get("version")
+        root_existed, given_existed = root.exists(), given is not None and (root / version_folder(given)).exists()
+        version, resumed = choose_run(root, given, resume, current, RESUME_IGNORES)
         self.run_lock = RunLock(root / version_folder(version))
         self.run_lock.acquire()
+        self.new_run, self.new_root = not (resumed or given_existed), not root_existed
         if resume and not resumed:
             rank_zero_info(f"--ckpt_path last: no run in {root} to resume; starting {version_folder(version)}")
             config.ckpt_path = None
