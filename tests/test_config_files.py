@@ -68,7 +68,8 @@ WRONG_VALUES = {
                                   "model.net.init_args.width: dae.nets.ConvAutoencoder has no such option"),
     "unknown class": ("model: {noise: {class_path: dae.noise.Nope}}",
                       "model.noise: class_path dae.noise.Nope: module 'dae.noise' has no attribute 'Nope'"),
-    "number for a section": ("model: 5", "model: expected a mapping of its options (model: {OPTION: VALUE, ...}), got 5"),
+    "number for a section": ("model: 5",
+                             "model: expected a mapping of its options (model: {OPTION: VALUE, ...}), got 5"),
     "null for a section": ("trainer: null", "trainer: expected a mapping of its options"),
     "null for a required option": ("data: null", "data: required, but this file sets it to null"),
 }
