@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
+import re
 import signal
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -22,14 +24,15 @@ from torch import nn
 
 from dae.callbacks import write_loss_plot
 from dae.checkpointing import DiskFullError, disk_full_message, is_disk_full
-from dae.config_files import check_config_files
+from dae.config_files import ConfigFileError, check_config_files, config_paths, error_line
 from dae.data import InMemoryDataModule
 from dae.denoise import denoise_command
 from dae.evaluate import evaluate_command
 from dae.export import export_command
 from dae.module import DenoisingModule
 from dae.report import run_summary, write_test_metrics
-from dae.runs import IGNORED, RunLock, choose_run, matching_run, version_folder
+from dae.runs import (IGNORED, RunLock, choose_run, clear_unstarted_run, flatten, matching_run, remove_if_empty,
+                      version_folder)
 from dae.threads import share_cores
 
 TRAINER_DEFAULTS = {
@@ -147,12 +150,51 @@ class DaeArgumentParser(LightningArgumentParser):
                                f"{module_name}), or the full path of a class of your own (package.module.Class)")
         return super().parse_args(args, *rest, **kwargs)
 
+    def parse_path(self, path: str | Path, *args, **kwargs) -> Namespace:
+        """Read and check one ``--config`` file, so that a wrong key or value in it fails in one line naming the
+        file and the key (jsonargparse's own error spans many lines and names no file)."""
+        exit_on_error, self.exit_on_error = self.exit_on_error, False  # raise, instead of printing usage and exiting
+        try:
+            config = super().parse_path(path, *args, **kwargs)
+            self.validate(config, skip_required=True)  # also refuses keys that are no option
+        except (ArgumentError, TypeError, KeyError) as e:
+            raise ConfigFileError(f"{path}: {error_line(str(e))}") from e
+        finally:
+            self.exit_on_error = exit_on_error
+        for key, value in config.items():
+            # A section of options (trainer, model) set to a value: jsonargparse lets it through to fail at setup.
+            if key in self.groups and not isinstance(value, Namespace) and not self.is_option(key):
+                raise ConfigFileError(f"{path}: {key}: expected a mapping of its options ({key}: {{OPTION: VALUE, "
+                                      f"...}}), got {json.dumps(value, default=str)}")
+        return config
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """A required option that a ``--config`` file sets to null is reported as that file's error."""
+        if match := re.fullmatch(r"the following arguments are required: (.+)", message):
+            keys = [key.split(".", 1) for key in match[1].split(", ")]  # fit.data: data, of dae fit
+            required = [key[1] if len(key) == 2 and key[0] in LightningCLI.subcommands() else ".".join(key)
+                        for key in keys]
+            for path in reversed(config_paths(getattr(self, "args", None) or [])):
+                settings = flatten(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+                if nulled := [key for key in required if key in settings and settings[key] is None]:
+                    raise ConfigFileError(f"{path}: {nulled[0]}: required, but this file sets it to null")
+        super().error(message, ex)
+
+    def is_option(self, key: str) -> bool:
+        """Whether ``key`` is an option with a value of its own, rather than a section of options (``model``)."""
+        try:
+            self.get_default(key)
+        except KeyError:
+            return False
+        return True
+
 
 class DaeCLI(LightningCLI):
     """LightningCLI with dae's defaults: run folders in lightning_logs/, checkpoints, image grids, loss.png."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         self.run_lock: RunLock | None = None
+        self.new_run = self.new_root = False  # the run folder (and lightning_logs/) this fit made
         self.chosen_version = False
         try:
             super().__init__(
@@ -165,7 +207,10 @@ class DaeCLI(LightningCLI):
                 args=args,
                 **{"save_config_callback": RunConfigCallback, "save_config_kwargs": {"overwrite": True}, **kwargs},
             )
-        except Exception as e:
+        except BaseException as e:
+            trainer = getattr(self, "trainer", None)
+            if self.new_run and (trainer is None or trainer.global_step == 0):
+                clear_unstarted_run(self.run_lock.run)  # a failed start leaves no run folder behind
             if isinstance(e, DiskFullError) or not is_disk_full(e) or self.run_lock is None:
                 raise
             run = self.run_lock.run  # e.g. the event file: say where, as for a checkpoint
@@ -173,6 +218,8 @@ class DaeCLI(LightningCLI):
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
+                if self.new_root and not self.run_lock.run.exists():
+                    remove_if_empty(self.run_lock.run.parent)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key, (class_path, init_args, help) in DEFAULT_CALLBACKS.items():
@@ -236,9 +283,12 @@ class DaeCLI(LightningCLI):
             if resume and init.get("version") is None and (found := matching_run(root, current, RESUME_IGNORES)):
                 init.version = found
             return
-        version, resumed = choose_run(root, init.get("version"), resume, current, RESUME_IGNORES)
+        given = init.get("version")
+        root_existed, given_existed = root.exists(), given is not None and (root / version_folder(given)).exists()
+        version, resumed = choose_run(root, given, resume, current, RESUME_IGNORES)
         self.run_lock = RunLock(root / version_folder(version))
         self.run_lock.acquire()
+        self.new_run, self.new_root = not (resumed or given_existed), not root_existed
         if resume and not resumed:
             rank_zero_info(f"--ckpt_path last: no run in {root} to resume; starting {version_folder(version)}")
             config.ckpt_path = None

@@ -122,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="folder for the denoised images")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default)")
     parser.add_argument("--batch-size", type=int, metavar="N",
-                        help="tiles per forward pass (default: as many as hold about 512K pixels, e.g. 668 tiles "
-                        "of 28x28 or 8 of 256x256)")
+                        help="tiles per forward pass (default: as many as hold about 64K pixels, e.g. 83 tiles "
+                        "of 28x28 or 1 of 256x256; more can be faster, at the cost of memory)")
     parser.add_argument("--tile", type=int, metavar="N",
                         help="fully convolutional networks: denoise in overlapping NxN tiles instead of the whole "
                         "image, so that memory is bounded by the tile on big images")

@@ -17,14 +17,16 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dae.module import DenoisingModule
 from dae.pretrained import builtin_checkpoint, is_builtin
+
+if TYPE_CHECKING:  # imported where a checkpoint is loaded: denoising a tensor needs no Lightning
+    from dae.module import DenoisingModule
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters")
 # Modules whose nn.Module classes any checkpoint may name; other classes only when the caller allows them.
@@ -178,6 +180,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{path}: not a dae checkpoint (state_dict is not a mapping of tensors)")
     from lightning.pytorch.cli import instantiate_module
 
+    from dae.module import DenoisingModule
+
     # Private keys such as Lightning's "_instantiator" name code to call: never trust them from a file.
     config = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
     check_known_classes(config, path, allow_classes)
@@ -208,8 +212,9 @@ def input_size(net: nn.Module) -> tuple[int, int] | None:
 # Tile origins lie on multiples of this (where the stride allows), so that a network that pools (the U-Net halves
 # the resolution up to 5 times) sees the same pooling grid in every tile as on the whole image.
 TILE_ALIGN = 32
-# Without a batch size, a forward pass takes as many tiles as hold about this many pixels (8 tiles of 256x256).
-PIXELS_PER_PASS = 1 << 19
+# Without a batch size, a forward pass takes as many tiles as hold about this many pixels (one tile of 256x256, 83
+# of 28x28): the activations of a tile batch are most of what denoising a big image holds beyond the image itself.
+PIXELS_PER_PASS = 1 << 16
 
 
 def receptive_radius(net: nn.Module, like: Tensor) -> int:
@@ -275,9 +280,9 @@ def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], margin:
     smaller than it, and each pixel comes from the tile in which it lies at least ``margin`` pixels from the
     edge: the same result as the whole image when ``margin`` covers the network's receptive field.
 
-    Tiles go through the network ``batch_size`` at a time (default: about ``PIXELS_PER_PASS`` pixels) and are
-    added into running sums of outputs and weights, so memory holds the image, its result, the weights and
-    one batch of tiles, never all tiles at once.
+    Tiles go through the network ``batch_size`` at a time (default: about ``PIXELS_PER_PASS`` pixels) and go
+    straight into the result (blended tiles: into running sums of outputs and weights), so memory holds the
+    image, its result (and the weights) and one batch of tiles, never all tiles at once.
     """
     n_images, channels, height, width = images.shape
     th, tw = tile if fixed_size else (min(tile[0], height), min(tile[1], width))
@@ -289,7 +294,8 @@ def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], margin:
     if batch_size is None:
         batch_size = max(1, PIXELS_PER_PASS // (th * tw))
     out = torch.zeros_like(images)
-    weights = torch.zeros(height, width, dtype=images.dtype, device=images.device)
+    # Blended tiles add up weighted; otherwise the weights are 0 or 1 and each pixel is copied from its one tile.
+    weights = torch.zeros(height, width, dtype=images.dtype, device=images.device) if fixed_size else None
     places = [(n, i, j) for n in range(n_images) for i in range(len(rows)) for j in range(len(cols))]
     for first in range(0, len(places), batch_size):
         chunk = places[first : first + batch_size]
@@ -300,11 +306,21 @@ def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], margin:
         for (n, i, j), piece in zip(chunk, result):
             top, left = rows[i], cols[j]
             h, w = min(th, height - top), min(tw, width - left)
+            if weights is None:
+                r, c = _owned(row_weights[i][:h]), _owned(col_weights[j][:w])
+                out[n, :, top + r.start : top + r.stop, left + c.start : left + c.stop] = piece[:, r, c]
+                continue
             window = torch.outer(row_weights[i][:h], col_weights[j][:w]).to(images)
             out[n, :, top : top + h, left : left + w] += piece[:, :h, :w] * window
             if n == 0:  # every image has the same tiles
                 weights[top : top + h, left : left + w] += window
-    return out.div_(weights)
+    return out if weights is None else out.div_(weights)
+
+
+def _owned(weight: Tensor) -> slice:
+    """The pixels a tile hands on, where its 0-or-1 weight along one side is 1 (one run of them, maybe empty)."""
+    ones = weight.nonzero()
+    return slice(int(ones[0]), int(ones[-1]) + 1) if len(ones) else slice(0, 0)
 
 
 @torch.no_grad()
@@ -344,9 +360,14 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
     if size is not None:
         out = denoise_tiled(net, batch, size, min(size) // 4 if margin is None else margin, batch_size)
     elif tile is not None:
-        if margin is None:  # probed on one tile: a forward and backward pass among the many forward ones
-            probe = (1, batch.shape[1], min(tile, batch.shape[2]), min(tile, batch.shape[3]))
-            margin = min(tile // 32, receptive_radius(net, batch.new_empty(probe)))
+        if margin is None:
+            # A reach of more than the cap needs no measuring: a probe twice the cap (kept on the pooling grid,
+            # so that the centre pixel sees what a tile's would) takes a small part of a tile's memory and time
+            # for its forward and backward pass.
+            cap = tile // 32
+            side = min(tile, -(-(2 * cap + 2) // (2 * TILE_ALIGN)) * 2 * TILE_ALIGN)
+            probe = (1, batch.shape[1], min(side, batch.shape[2]), min(side, batch.shape[3]))
+            margin = min(cap, receptive_radius(net, batch.new_empty(probe)))
         out = denoise_tiled(net, batch, (tile, tile), margin, batch_size, fixed_size=False)
     else:
         out = net(batch)

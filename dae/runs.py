@@ -17,6 +17,7 @@ does not exist. Without ``--ckpt_path last`` a fit never writes into a run folde
 from __future__ import annotations
 
 import errno
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,12 +173,28 @@ class RunLock:
         """Unlock; a folder that got nothing but the lock (the run failed before writing) is removed again."""
         self.lock.release()
         if not holds_a_run(self.run):
-            try:
-                (self.run / LOCK_NAME).unlink(missing_ok=True)
-                self.run.rmdir()
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-                    raise
+            (self.run / LOCK_NAME).unlink(missing_ok=True)
+            remove_if_empty(self.run)
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` unless something is in it (another process may have just put something there)."""
+    try:
+        folder.rmdir()
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+
+
+def clear_unstarted_run(run: Path) -> None:
+    """Delete what a new run wrote into its folder before failing ahead of its first training step (the event
+    file, config.yaml), so that ``RunLock.release`` removes the folder with its lock. A run that saved a
+    checkpoint keeps everything."""
+    if not run.is_dir() or any(p.is_file() for p in (run / "checkpoints").rglob("*")):
+        return
+    for path in run.iterdir():
+        if path.name != LOCK_NAME:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def choose_run(

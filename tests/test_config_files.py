@@ -53,6 +53,87 @@ def test_missing_config_file_is_named(mnist_dir, tmp_path, monkeypatch, capsys):
     assert "dae fit: error: nope.yaml: no such config file" in capsys.readouterr().err
 
 
+WRONG_VALUES = {
+    "word for an int": ("trainer: {max_epochs: ten}", "trainer.max_epochs: expected int or null, got ten"),
+    "word for a float": ("model: {lr: fast}", "model.lr: expected float, got fast"),
+    "list for a data option": ("data: {init_args: {batch_size: [1]}}",
+                               "data.init_args.batch_size: expected int, got [1]"),
+    "word for a network option": ("model: {net: {class_path: dae.nets.UNet, init_args: {depth: deep}}}",
+                                  "model.net.init_args.depth: expected int, got deep"),
+    "word for a bool": ("test_after_fit: maybe", "test_after_fit: expected bool, got maybe"),
+    "value outside a choice": ("lr_monitor: {init_args: {logging_interval: often}}",
+                               "lr_monitor.init_args.logging_interval: expected 'step', 'epoch' or null, got often"),
+    "unknown option": ("model: {lrr: 0.1}", "model.lrr: no such option"),
+    "option of another network": ("model: {net: {init_args: {width: 8}}}",
+                                  "model.net.init_args.width: dae.nets.ConvAutoencoder has no such option"),
+    "unknown class": ("model: {noise: {class_path: dae.noise.Nope}}",
+                      "model.noise: class_path dae.noise.Nope: module 'dae.noise' has no attribute 'Nope'"),
+    "number for a section": ("model: 5",
+                             "model: expected a mapping of its options (model: {OPTION: VALUE, ...}), got 5"),
+    "null for a section": ("trainer: null", "trainer: expected a mapping of its options"),
+    "null for a required option": ("data: null", "data: required, but this file sets it to null"),
+}
+
+
+@pytest.mark.parametrize("content,message", WRONG_VALUES.values(), ids=WRONG_VALUES.keys())
+def test_wrong_option_or_value_fails_in_one_line_naming_file_and_key(content, message, mnist_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "overlay.yaml"
+    config.write_text(content + "\n")
+    assert main([*fit_args(mnist_dir), f"--config={config}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dae fit: error: {config}: {message}") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "lightning_logs").exists()  # refused before the run folder was made
+
+
+def test_wrong_value_in_the_first_of_two_config_files_names_that_file(mnist_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("model: {lr: fast}\n")
+    (tmp_path / "good.yaml").write_text("trainer: {max_epochs: 1}\n")
+    assert main([*fit_args(mnist_dir), "--config", "bad.yaml", "--config", "good.yaml"]) == 2
+    assert capsys.readouterr().err == "dae fit: error: bad.yaml: model.lr: expected float, got fast\n"
+
+
+# Options of the baseline config, what jsonargparse says each takes, and values of other types than that.
+TYPED_OPTIONS = {
+    "trainer.max_epochs": "int or null",
+    "trainer.limit_val_batches": "int, float or null",
+    "model.lr": "float",
+    "model.weight_decay": "float",
+    "model.net.init_args.in_channels": "int",
+    "data.init_args.batch_size": "int",
+    "data.init_args.val_split": "int or float",
+    "test_after_fit": "bool",
+}
+YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n", "null", "none", "inf", "infinity", "nan"}
+wrong_values = (st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8).filter(lambda w: w not in YAML_WORDS)
+                | st.lists(st.integers(), min_size=1, max_size=3)
+                | st.dictionaries(st.sampled_from("xyz"), st.integers(), min_size=1, max_size=2))
+
+
+def nested(key: str, value) -> dict:
+    """``a.b.c``, v as ``{a: {b: {c: v}}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+@pytest.mark.slow
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(sorted(TYPED_OPTIONS)), value=wrong_values)
+def test_fuzzed_wrong_typed_value_fails_naming_file_key_and_type(key, value, mnist_dir, tmp_path_factory, capsys):
+    folder = tmp_path_factory.mktemp("typed")
+    config = Path(folder) / "overlay.yaml"
+    config.write_text(yaml.safe_dump(nested(key, value)), encoding="utf-8")
+    code = main([*fit_args(mnist_dir), f"--config={config}", f"--trainer.default_root_dir={folder}",
+                 f"--trainer.logger.init_args.save_dir={folder}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"dae fit: error: {config}: {key}: expected {TYPED_OPTIONS[key]}, got "), err
+    assert not (Path(folder) / "lightning_logs").exists()
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
 def test_any_bytes_are_a_mapping_or_a_one_line_error_naming_the_file(tmp_path, content):
@@ -79,19 +160,21 @@ def test_every_yaml_mapping_passes_the_file_check(tmp_path, config):
     check_config_file(path)
 
 
+sections = st.sampled_from(["trainer", "model", "data", "seed_everything", "lr_monitor", "max_epochs", "lr"])
+option_mappings = st.dictionaries(sections, values, min_size=1, max_size=3).map(lambda m: yaml.safe_dump(m).encode())
+
+
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(content=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=200) | st.text(max_size=200).map(str.encode) | option_mappings)
 def test_fuzzed_config_files_through_dae_fit_never_train_or_crash(content, mnist_dir, tmp_path_factory, capsys):
     folder = tmp_path_factory.mktemp("fuzzed")
     config = Path(folder) / "fuzzed.yaml"
     config.write_bytes(content)
-    try:
-        code = main([*fit_args(mnist_dir), f"--config={config}", f"--trainer.default_root_dir={folder}",
-                     f"--trainer.logger.init_args.save_dir={folder}"])
-    except SystemExit as e:  # jsonargparse's own errors for well-formed YAML with unknown or mistyped options
-        code = e.code
+    code = main([*fit_args(mnist_dir), f"--config={config}", f"--trainer.default_root_dir={folder}",
+                 f"--trainer.logger.init_args.save_dir={folder}"])
     err = capsys.readouterr().err
     assert code in (0, 2) and "Traceback" not in err
-    if code == 2 and f"{config}: " in err:
+    if code == 2:  # whatever is wrong with the file: one line that names it, and nothing trained
+        assert err.startswith(f"dae fit: error: {config}: ") and len(err.strip().splitlines()) == 1, err
         assert not list(Path(folder).rglob("*.ckpt"))

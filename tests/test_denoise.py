@@ -1,5 +1,7 @@
 """``dae denoise`` and the tiling under it: any size, gray and colour, names and bit depth kept."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +243,9 @@ def test_bad_checkpoint_stops_denoise_with_its_name(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["denoise", "--ckpt", str(tmp_path / "model.ckpt"), str(tmp_path), "-o", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "model.ckpt: cannot load this checkpoint" in capsys.readouterr().err
+
+
+def test_denoising_a_tensor_does_not_import_lightning():
+    # Lightning holds about a quarter of a GiB once imported; denoise_image on a network needs none of it.
+    code = "import sys, dae.inference, dae.nets; sys.exit('lightning' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

@@ -146,3 +146,41 @@ def test_a_second_process_resuming_a_run_in_use_refuses(mnist_dir, tmp_path):
     code, out = run_dae(tmp_path, args)
     assert code == 0, out
     assert last_step(tmp_path / "lightning_logs" / "version_0") == 6
+
+
+FAILED_STARTS = {
+    "missing data folder": (("--data.data_dir=nowhere",), "MNIST files not found in "),
+    "validation split too large": (("--data.val_split=5000",), "val_split=5000 leaves no images"),
+}
+
+
+@pytest.mark.parametrize("args,message", FAILED_STARTS.values(), ids=FAILED_STARTS.keys())
+def test_a_fit_that_fails_before_training_leaves_no_run_folder(args, message, mnist_dir, tmp_path, monkeypatch,
+                                                               capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(fit_args(mnist_dir, *SHORT, *args), capsys)
+    assert code == 2 and f"dae fit: error: {message}" in err, err
+    assert not (tmp_path / "lightning_logs").exists(), sorted(map(str, tmp_path.rglob("*")))
+
+
+@pytest.mark.slow
+def test_a_failed_start_removes_only_its_own_folder_never_a_resumed_run(mnist_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in mnist_dir.iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+    assert main(fit_args(data, *SHORT)) == 0
+    run = tmp_path / "lightning_logs" / "version_0"
+    before = files(run)
+    assert before and run.is_dir()
+
+    code, err = run_cli(fit_args(data, *SHORT, "--data.val_split=5000"), capsys)  # a new run that fails
+    assert code == 2 and "leaves no images" in err
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"] and files(run) == before
+
+    for f in data.iterdir():  # the data went away: resuming version_0 fails before its first step
+        f.unlink()
+    code, err = run_cli(fit_args(data, *SHORT, "--trainer.max_epochs=2", "--ckpt_path=last"), capsys)
+    assert code == 2 and "MNIST files not found" in err
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"] and files(run) == before
