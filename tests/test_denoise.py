@@ -160,7 +160,7 @@ def test_denoise_command_tile_option(mnist_dir, trained_run, tmp_path, capsys, m
                   "--model.net.init_args.depth=1", "--trainer.max_epochs=1"))
     run = tmp_path / "lightning_logs" / "version_0"
     assert main(["denoise", "--ckpt", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--tile", "32"]) == 0
-    assert "UNet on cpu, 32x32 tiles (--tile)" in capsys.readouterr().err
+    assert f"UNet ({run}) on cpu, 32x32 tiles (--tile)" in capsys.readouterr().err
     assert read_image(tmp_path / "out" / "big.png").shape == (70, 90, 1)
 
 
