@@ -1,5 +1,5 @@
 import sys
 
-from dae.cli import main
+from dae.commands import main
 
 sys.exit(main())

@@ -1,8 +1,9 @@
 """Callbacks: the image grid, the training-loss plot, the prediction PNG writer, hyperparameters for TensorBoard,
-and the stop on a non-finite loss."""
+the stop on a non-finite loss, and the periodic re-check of the process's share of the CPU cores."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid
+
+from dae.threads import reshare_cores
 
 LOSS_PLOT_NAME = "loss.png"
 
@@ -285,3 +288,24 @@ class NonFiniteLossStop(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
+
+
+class CoreShareCallback(L.Callback):
+    """Re-checks this process's share of the CPU cores (``dae.threads``) every ``interval`` seconds of training,
+    so that a run started first gives cores to runs started after it, and takes them back when they end."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.interval = interval
+        self._next = 0.0
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.interval
+            reshare_cores()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._check()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check()

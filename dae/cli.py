@@ -10,7 +10,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 import yaml
 from jsonargparse import ArgumentError, Namespace
@@ -26,9 +26,7 @@ from dae.callbacks import write_loss_plot
 from dae.checkpointing import DiskFullError, disk_full_message, is_disk_full
 from dae.config_files import ConfigFileError, check_config_files, config_paths, error_line
 from dae.data import InMemoryDataModule
-from dae.denoise import denoise_command
-from dae.evaluate import evaluate_command
-from dae.export import export_command
+from dae.commands import COMMANDS, run_command
 from dae.module import DenoisingModule
 from dae.report import run_summary, write_test_metrics
 from dae.runs import (IGNORED, RunLock, choose_run, clear_unstarted_run, flatten, matching_run, remove_if_empty,
@@ -70,7 +68,7 @@ DEFAULT_CALLBACKS = {
     "tensorboard_run": ("dae.callbacks.TensorBoardRunCallback", {}, "TensorBoard HPARAMS tab and restart marks"),
     "non_finite_loss_stop": ("dae.callbacks.NonFiniteLossStop", {}, "stop when the training loss is NaN or inf"),
     "prediction_writer": ("dae.callbacks.PredictionImageWriter", {}, "dae predict: the denoised images as PNGs"),
-    "core_share": ("dae.threads.CoreShareCallback", {},
+    "core_share": ("dae.callbacks.CoreShareCallback", {},
                    "this process's share of the CPU cores, re-checked while other dae processes start and end"),
     # Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
     # metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
@@ -324,15 +322,6 @@ def plot_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "plot": plot_command,
-    "evaluate": evaluate_command,
-    "denoise": denoise_command,
-    "export": export_command,
-    "sweep": lambda argv: importlib.import_module("dae.sweep").sweep_command(argv),  # needs the sweep extra
-}
-
-
 # Errors that dae's own checks raise about what the user gave it: shown as one message, without a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -353,10 +342,12 @@ def user_error(error: BaseException) -> BaseException | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``dae`` with every subcommand; ``dae.commands.main`` (the console command) comes here for those that
+    need a Trainer."""
     share_cores()  # before any parallel work: this process's share of the cores while other dae processes run
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
-        return COMMANDS[args[0]](args[1:])
+        return run_command(args)
     try:
         check_config_files(args)  # a broken --config file fails here in one line that names it
         DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from dae.images import ImageFileError, from_unit_tensor, image_suffixes, read_image, to_unit_tensor, write_image
-from dae.inference import CheckpointError, add_allow_class_option, denoise_image, input_size, load_model
+from dae.inference import CheckpointError, add_allow_class_option, denoise_image, input_size, load_network
 from dae.pretrained import DEFAULT_MODEL
 
 COMPARE_SUFFIX = "_compare.png"
@@ -154,7 +154,7 @@ def denoise_command(argv: Sequence[str]) -> int:
         parser.error(f"--add-noise must be a std >= 0, got {args.add_noise}")
     try:
         device = pick_device(args.device)
-        net = load_model(args.ckpt, map_location=device, allow_classes=args.allow_class).net
+        net = load_network(args.ckpt, map_location=device, allow_classes=args.allow_class)
     except (CheckpointError, RuntimeError) as e:
         parser.exit(2, f"dae denoise: error: {e}\n")
     size = input_size(net)

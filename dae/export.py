@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dae.inference import CheckpointError, add_allow_class_option, input_size, load_model
+from dae.inference import CheckpointError, add_allow_class_option, input_size, load_network
 
 FORMATS = ("onnx", "torchscript")
 PARITY_TOLERANCE = 1e-4
@@ -126,7 +126,7 @@ def export_command(argv: Sequence[str]) -> int:
     add_allow_class_option(parser)
     args = parser.parse_args(argv)
     try:
-        net = load_model(args.ckpt, allow_classes=args.allow_class).net
+        net = load_network(args.ckpt, allow_classes=args.allow_class)
         fixed = input_size(net)
         if fixed and args.size and tuple(args.size) != fixed:
             parser.error(f"{type(net).__name__} only takes {fixed[0]}x{fixed[1]} images; drop --size")

@@ -162,6 +162,32 @@ def add_allow_class_option(parser: argparse.ArgumentParser) -> None:
                         f"by default only {' and '.join(m + '.*' for m in KNOWN_MODULES)} are built (repeatable)")
 
 
+def _checked_config(path: Path, ckpt: dict[str, Any], allow_classes: Iterable[str]) -> dict[str, Any]:
+    """The checkpoint's hyper-parameters without private keys, once every class they name is a known one."""
+    hparams = ckpt["hyper_parameters"]
+    if not isinstance(hparams, dict):
+        raise CheckpointError(f"{path}: not a dae checkpoint (hyper_parameters is not a mapping)")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"{path}: not a dae checkpoint (state_dict is not a mapping of tensors)")
+    # Private keys such as Lightning's "_instantiator" name code to call: never trust them from a file.
+    config = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
+    check_known_classes(config, path, allow_classes)
+    return config
+
+
+def _load_weights(path: Path, module: nn.Module, state_dict: dict[str, Any]) -> None:
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError) as e:  # wrong shapes, or values that are not tensors
+        raise CheckpointError(f"{path}: its weights do not fit the network its hyper_parameters describe: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def _not_built(path: Path, what: str, error: Exception) -> CheckpointError:
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return CheckpointError(f"{path}: its hyper_parameters do not describe {what}: {reason}")
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                allow_classes: Iterable[str] = ()) -> DenoisingModule:
     """The trained ``DenoisingModule`` (network and noise model) from a ``.ckpt`` file or run folder.
@@ -173,30 +199,42 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path, map_location)
-    hparams = ckpt["hyper_parameters"]
-    if not isinstance(hparams, dict):
-        raise CheckpointError(f"{path}: not a dae checkpoint (hyper_parameters is not a mapping)")
-    if not isinstance(ckpt["state_dict"], dict):
-        raise CheckpointError(f"{path}: not a dae checkpoint (state_dict is not a mapping of tensors)")
+    config = _checked_config(path, ckpt, allow_classes)
     from lightning.pytorch.cli import instantiate_module
 
     from dae.module import DenoisingModule
 
-    # Private keys such as Lightning's "_instantiator" name code to call: never trust them from a file.
-    config = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
-    check_known_classes(config, path, allow_classes)
     config["compile"] = False  # using a model needs no compiler, and its first call would take long
     try:
         module = instantiate_module(DenoisingModule, config)
     except Exception as e:  # noqa: BLE001 - jsonargparse and constructors raise various types
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise CheckpointError(f"{path}: its hyper_parameters do not describe a DenoisingModule: {reason}") from e
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as e:  # wrong shapes, or values that are not tensors
-        raise CheckpointError(f"{path}: its weights do not fit the network its hyper_parameters describe: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise _not_built(path, "a DenoisingModule", e) from e
+    _load_weights(path, module, ckpt["state_dict"])
     return module.to(map_location).eval()
+
+
+def load_network(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                 allow_classes: Iterable[str] = ()) -> nn.Module:
+    """The trained network alone (``load_model(path).net``), in eval mode, built without importing Lightning:
+    what denoising and export need, in a process that holds less memory. Same checks and errors as
+    ``load_model``."""
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path, map_location)
+    config = _checked_config(path, ckpt, allow_classes)
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--net", type=nn.Module)  # class_path + init_args, as LightningCLI builds it
+    try:
+        net = parser.instantiate_classes(parser.parse_object({"net": config.get("net")})).net
+    except Exception as e:  # noqa: BLE001 - jsonargparse and constructors raise various types
+        raise _not_built(path, "a network", e) from e
+    prefix = "net."
+    weights = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if str(k).startswith(prefix)}
+    _load_weights(path, net, weights)
+    if config.get("channels_last", True):  # the layout DenoisingModule trains and runs it in: the same numbers
+        net.to(memory_format=torch.channels_last)
+    return net.to(map_location).eval()
 
 
 def input_size(net: nn.Module) -> tuple[int, int] | None:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch import Callback
 
 try:
     import fcntl
@@ -134,22 +133,17 @@ def share_cores(registry: Path | None = None) -> CoreShare:
     return _SHARE
 
 
-class CoreShareCallback(Callback):
-    """Re-checks the share every ``interval`` seconds of training, so that a run started first gives cores to
-    runs started after it, and takes them back when they end."""
+def reshare_cores() -> None:
+    """Re-check the share of a process that ``share_cores`` registered (nothing otherwise)."""
+    if _SHARE is not None:
+        _SHARE.apply()
 
-    def __init__(self, interval: float = 2.0) -> None:
-        self.interval = interval
-        self._next = 0.0
 
-    def _check(self) -> None:
-        now = time.monotonic()
-        if _SHARE is not None and now >= self._next:
-            self._next = now + self.interval
-            _SHARE.apply()
+def __getattr__(name: str) -> Any:
+    # The Lightning callback lives in dae.callbacks, so that commands that train nothing (dae denoise) share the
+    # cores without importing Lightning; run configs name it here.
+    if name == "CoreShareCallback":
+        from dae.callbacks import CoreShareCallback
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._check()
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._check()
+        return CoreShareCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """``dae denoise`` and the tiling under it: any size, gray and colour, names and bit depth kept."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from dae.inference import denoise_image, input_size
 from dae.nets import ConvAutoencoder, DnCNN, UNet
 from tests.conftest import fit_args
 from tests.idx import synthetic_images
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Affine(torch.nn.Module):
@@ -249,3 +252,16 @@ def test_denoising_a_tensor_does_not_import_lightning():
     # Lightning holds about a quarter of a GiB once imported; denoise_image on a network needs none of it.
     code = "import sys, dae.inference, dae.nets; sys.exit('lightning' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
+
+
+@pytest.mark.slow
+def test_dae_denoise_runs_without_importing_lightning(tmp_path):
+    # Lightning and what it pulls in take a few hundred MiB that denoising a big image with --tile cannot spare.
+    Image.fromarray(np.full((40, 36), 128, dtype=np.uint8)).save(tmp_path / "in.png")
+    script = ("import sys; from dae.commands import main; "
+              f"code = main(['denoise', {str(tmp_path / 'in.png')!r}, '-o', {str(tmp_path / 'out')!r}]); "
+              "print(code, sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stderr
+    assert (tmp_path / "out" / "in.png").is_file()

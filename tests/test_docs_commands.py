@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from dae.cli import COMMANDS, main
+from dae.cli import main
+from dae.commands import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

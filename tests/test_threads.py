@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import dae.threads
-from dae.threads import CoreShare, CoreShareCallback, available_cores
+from dae.callbacks import CoreShareCallback
+from dae.threads import CoreShare, available_cores
 from tests.conftest import ROOT
 
 CHILD = "import sys; from pathlib import Path; from dae.threads import CoreShare; " \
@@ -88,3 +89,9 @@ def test_callback_rechecks_the_share_at_most_every_interval(monkeypatch):
     for step in range(3):
         callback.on_validation_batch_start(None, None, None, step)
     assert len(calls) == 4
+
+
+def test_run_configs_that_name_the_callback_in_dae_threads_still_build_it():
+    from dae.threads import CoreShareCallback as named_in_older_configs
+
+    assert named_in_older_configs is CoreShareCallback
