@@ -131,12 +131,14 @@ class InMemoryDataModule(L.LightningDataModule):
     Subclasses set ``channels`` (the network's ``in_channels`` follows it) and fill ``train_set``,
     ``val_set`` and ``test_set`` in ``setup``; the test split also serves ``predict``. Splits named in
     ``noisy_splits`` hold noisy observations and no clean images: batches (B, C, H, W), or (B, K, C, H, W) for
-    ``observations`` K > 1.
+    ``observations`` K > 1. With ``clean_targets`` the training batches are (B, K + 1, C, H, W): each image's
+    noisy observations, then its clean original, the target of the supervised objective alone.
     """
 
     channels: int = 1
     noisy_splits: frozenset[str] = frozenset()
     observations: int = 1
+    clean_targets: bool = False
     train_sampler: type[EpochShuffleSampler] = EpochShuffleSampler  # how the training loader orders the data
 
     def __init__(self, batch_size: int, num_workers: int) -> None:
@@ -168,9 +170,10 @@ class InMemoryDataModule(L.LightningDataModule):
         sampler = self.train_sampler(dataset, self._shuffle_seed(), world_size, rank)
         return ResumableDataLoader(dataset, sampler, **kwargs)
 
-    def observe(self, noise: nn.Module, count: int) -> None:
+    def observe(self, noise: nn.Module, count: int, keep_clean: bool = False) -> None:
         """Called by the model before training with its noise model and the number of noisy observations of each
-        image its objective needs; data that noises its clean training images once does it here."""
+        image its objective needs; data that noises its clean training images once does it here, and with
+        ``keep_clean`` (a supervised objective) serves each image's clean original after them (``clean_targets``)."""
 
     def _shuffle_seed(self) -> int:
         # The training order follows seed_everything; under DDP rank 0's seed wins so that all ranks agree.
@@ -214,7 +217,9 @@ class MNISTDataModule(InMemoryDataModule):
         fixed_noise: train as a user without clean images would: before training each training image is
             noised once (twice for Noise2Noise) with the model's noise model, and only these noisy
             observations are kept and served for training, the same in every epoch and run. Validation and
-            test images stay clean, for scoring. Needs a self-supervised ``model.objective``.
+            test images stay clean, for scoring. With the ``Supervised`` objective each image's clean original
+            is kept beside its first observation as the target (the supervised reference on the same noisy
+            inputs); a self-supervised objective never gets it.
         noise_seed: seed of those observations: image ``i`` of the training file gets the noise of the key
             (noise_seed, observation, i // 4096) (``dae.seeding``), whatever ``val_split`` and the batches are.
     """
@@ -337,20 +342,24 @@ class MNISTDataModule(InMemoryDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = ImageTensorDataset(self._load("test"))
 
-    def observe(self, noise: nn.Module, count: int) -> None:
+    def observe(self, noise: nn.Module, count: int, keep_clean: bool = False) -> None:
         """With ``fixed_noise``: the training set becomes ``count`` noisy observations of each training image,
-        drawn once with ``noise``, and the clean training images are dropped."""
+        drawn once with ``noise``, and the clean training images are dropped, unless ``keep_clean`` keeps each
+        one after its observations, as a supervised objective's target."""
         if not self.fixed_noise or self._train_file is None:
             return
         blocks = self._train_file.split(self.OBSERVATION_BLOCK)
-        observations = torch.stack([
+        views = [
             torch.cat([noise(to_unit_float(block), generator=torch_generator(self.noise_seed, k, b))
                        for b, block in enumerate(blocks)])
             for k in range(count)
-        ], dim=1)  # (N, count, 1, H, W), in the training file's order
-        observations = observations[self._train_index]
-        self.train_set = ImageTensorDataset(observations[:, 0] if count == 1 else observations)
+        ]
+        if keep_clean:
+            views.append(to_unit_float(self._train_file))
+        stacked = torch.stack(views, dim=1)[self._train_index]  # (N, views, 1, H, W)
+        self.train_set = ImageTensorDataset(stacked[:, 0] if len(views) == 1 else stacked)
         self.observations = count
+        self.clean_targets = keep_clean
         self._train_file = self._train_index = None
 
     def train_dataloader(self) -> DataLoader:

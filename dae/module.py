@@ -22,6 +22,8 @@ STAGES = ("val", "test")
 # Each stage draws its noise from a stream of its own, so that no training step replays a validation batch's
 # noise and prediction does not replay validation's.
 NOISE_STREAMS = {"train": 0, "val": 1, "test": 2, "predict": 3}
+# The splits each Trainer stage reads.
+STAGE_SPLITS = {"fit": {"train", "val"}, "validate": {"val"}, "test": {"test"}, "predict": {"test"}}
 # The "psnr" loss floors each image's MSE here (a 60 dB cap), so that a (near) noise-free training image, which
 # blind training draws, cannot dominate a batch with a huge 1/MSE gradient.
 PSNR_LOSS_MSE_FLOOR = 1e-6
@@ -56,7 +58,8 @@ class DenoisingModule(L.LightningModule):
             observations (``MNISTDataModule(fixed_noise=True)`` noised once with it; a folder of noisy photos not
             at all) gets no noise added in the splits it serves noisy.
         objective: what training minimises (``dae.objectives``): ``Supervised`` (the default) against the clean
-            images; ``Noise2Noise``, ``Noise2Self``, ``Neighbor2Neighbor`` or ``R2R`` from noisy observations only.
+            images (with ``fixed_noise``, on the same fixed noisy inputs as the self-supervised objectives);
+            ``Noise2Noise``, ``Noise2Self``, ``Neighbor2Neighbor`` or ``R2R`` from noisy observations only.
             Validation and test with clean images log the MSE to them as ``val/loss``; without (noisy photos)
             the objective's own loss.
         lr: Adam learning rate.
@@ -117,6 +120,7 @@ class DenoisingModule(L.LightningModule):
         self.noise = noise if noise is not None else GaussianNoise()
         self.objective = objective
         self.noisy_splits: frozenset[str] = frozenset()  # splits the data serves noisy, without clean images
+        self.clean_targets = False  # whether noisy training batches end with the clean originals (Supervised only)
         self.lr = lr
         self.weight_decay = weight_decay
         self.loss = loss
@@ -153,14 +157,16 @@ class DenoisingModule(L.LightningModule):
         noise = None if {"train", "val", "test"} <= self.noisy_splits else self.noise  # noisy photos: unknown
         self.objective.check(self.net, getattr(datamodule, "patch_size", None), noise)
         name = type(self.objective).__name__
-        if self.objective.supervised and self.noisy_splits:
+        if stage == "fit" and hasattr(datamodule, "observe"):
+            datamodule.observe(self.noise, self.objective.observations, keep_clean=self.objective.supervised)
+        self.clean_targets = bool(getattr(datamodule, "clean_targets", False))
+        unlabelled = (self.noisy_splits - ({"train"} if self.clean_targets else set())) & STAGE_SPLITS[stage]
+        if self.objective.supervised and unlabelled:
             raise ValueError(
                 f"the Supervised objective needs clean images, but the data serves only noisy observations for "
-                f"{', '.join(sorted(self.noisy_splits))}: choose a self-supervised model.objective from "
+                f"{', '.join(sorted(unlabelled))}: choose a self-supervised model.objective from "
                 "dae.objectives (Noise2Noise, Noise2Self, Neighbor2Neighbor, R2R)"
             )
-        if stage == "fit" and hasattr(datamodule, "observe"):
-            datamodule.observe(self.noise, self.objective.observations)
         served = getattr(datamodule, "observations", 1)
         if "train" in self.noisy_splits and served != self.objective.observations:
             fix = ("give data.pair_dirs, two sub-folders that hold two noisy shots of each picture under one name"
@@ -199,7 +205,7 @@ class DenoisingModule(L.LightningModule):
         return 10 * torch.log10(per_image_mse.clamp(min=PSNR_LOSS_MSE_FLOOR)).mean()
 
     def _views(self, batch: Tensor) -> list[Tensor]:
-        """The noisy observations in a batch the data serves noisy: (B, C, H, W), or (B, K, C, H, W) for K."""
+        """The views in a batch the data serves noisy: (B, C, H, W), or (B, K, C, H, W) for K of them."""
         return [self._clean(view) for view in (batch.unbind(1) if batch.ndim == 5 else (batch,))]
 
     def _shared_step(self, batch: Tensor, batch_idx: int, stage: str) -> dict[str, Tensor]:
@@ -207,8 +213,10 @@ class DenoisingModule(L.LightningModule):
             generator = self._train_generator()
         else:  # seeded per batch, so every epoch and every run with the same batches sees the same noisy images
             generator = self._noise_generator(stage, self.eval_noise_seed, batch_idx)
-        if stage in self.noisy_splits:  # the data's own noisy observations: no clean image reaches this step
+        if stage in self.noisy_splits:  # the data's own noisy observations
             clean, views = None, self._views(batch)
+            if stage == "train" and self.clean_targets:  # the clean originals, kept only for the Supervised objective
+                *views, clean = views
         else:
             clean = self._clean(batch)
             draws = self.objective.observations if stage == "train" else 1

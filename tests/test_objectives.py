@@ -269,6 +269,26 @@ def fixed_dm(mnist_dir, **kw):
                            **kw)
 
 
+def clean_training_images(mnist_dir):
+    """The clean training split that ``fixed_dm`` noises, in its order, as floats in [0, 1]."""
+    dm = MNISTDataModule(data_dir=str(mnist_dir), val_split=64, download=False)
+    dm.setup("fit")
+    return dm.train_set.images.float() / 255
+
+
+def spying(objective_class, **kwargs):
+    """An instance of ``objective_class`` that keeps a copy of the views of every training step in ``seen``."""
+
+    class Spy(objective_class):
+        def forward(self, net, views, generator):
+            self.seen.append([view.detach().clone() for view in views])
+            return super().forward(net, views, generator)
+
+    spy = Spy(**kwargs)
+    spy.seen = []
+    return spy
+
+
 def rows_of(batches, images):
     """The index in ``images`` of every image of ``batches`` (each must be there exactly)."""
     flat = images.flatten(1)
@@ -321,16 +341,48 @@ def test_self_supervised_training_scores_against_the_clean_validation_images(obj
     net = UNet(width=8, depth=2, residual=not isinstance(objective, Noise2Self))
     module = DenoisingModule(net=net, objective=objective)
     trainer = tiny_trainer(limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0)
-    trainer.fit(module, fixed_dm(mnist_dir))
+    dm = fixed_dm(mnist_dir)
+    trainer.fit(module, dm)
     logged = trainer.callback_metrics
     assert {"train/loss", "val/loss", "val/psnr", "val/ssim", "val/psnr_noisy"} <= set(logged)
     assert module.noisy_splits == {"train"}
+    # The data keeps the noisy observations alone: no clean training image is there for the objective to see.
+    assert not dm.clean_targets and not module.clean_targets
+    served = dm.train_set.images.reshape(256, objective.observations, -1)
+    assert (served - clean_training_images(mnist_dir).reshape(256, 1, -1)).abs().amax(-1).gt(0.5).all()
 
 
-def test_fixed_noise_needs_a_self_supervised_objective(mnist_dir, tiny_trainer):
-    with pytest.raises(ValueError, match="Supervised objective needs clean images, but the data serves only noisy "
-                                         "observations for train: choose a self-supervised model.objective"):
-        tiny_trainer().fit(DenoisingModule(), fixed_dm(mnist_dir))
+@pytest.mark.slow
+def test_supervised_on_fixed_noise_trains_on_the_self_supervised_inputs_against_the_clean_images(mnist_dir,
+                                                                                                  tiny_trainer):
+    def fit(objective, residual, epochs):
+        L.seed_everything(0)
+        recorder = Recorder()
+        module = DenoisingModule(net=UNet(width=8, depth=2, residual=residual), objective=objective)
+        dm = fixed_dm(mnist_dir)
+        tiny_trainer(max_epochs=epochs, limit_val_batches=1, callbacks=[recorder]).fit(module, dm)
+        return dm, recorder.losses
+
+    clean = clean_training_images(mnist_dir)
+    selfsup = spying(Noise2Self)
+    selfsup_dm, _ = fit(selfsup, residual=False, epochs=1)
+    observation = selfsup_dm.train_set.images  # observation 0 of every training image, the only one it keeps
+    assert observation.shape == (256, 1, 28, 28) and not selfsup_dm.clean_targets
+    assert ((observation - clean).flatten(1).abs().amax(1) > 0.5).all()  # noisy, never clean
+    assert len(selfsup.seen) == 4 and all(len(views) == 1 for views in selfsup.seen)
+    assert sorted(rows_of([views[0] for views in selfsup.seen], observation).tolist()) == list(range(256))
+
+    supervised = spying(Supervised)
+    supervised_dm, losses = fit(supervised, residual=True, epochs=2)
+    served = supervised_dm.train_set.images
+    assert served.shape == (256, 2, 1, 28, 28) and supervised_dm.clean_targets
+    assert torch.equal(served[:, 0], observation) and torch.equal(served[:, 1], clean)
+    assert len(supervised.seen) == 8
+    for epoch in (supervised.seen[:4], supervised.seen[4:]):  # the same fixed inputs every epoch, in a new order
+        rows = rows_of([noisy for noisy, _ in epoch], observation)
+        assert sorted(rows.tolist()) == list(range(256))
+        assert torch.equal(torch.cat([target for _, target in epoch]), clean[rows])  # each input's own original
+    assert all(torch.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
 
 
 def test_psnr_loss_needs_clean_images():

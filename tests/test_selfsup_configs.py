@@ -8,7 +8,7 @@ from tests.test_configs import CONFIGS, composed, fast_dev_run, load
 
 SELFSUP = CONFIGS / "selfsup"
 METHODS = {"noise2noise": "Noise2Noise", "noise2self": "Noise2Self", "neighbor2neighbor": "Neighbor2Neighbor",
-           "r2r": "R2R"}
+           "r2r": "R2R", "supervised_fixed": "Supervised"}
 BASES = {**{name: CONFIGS / "unet.yaml" for name in METHODS}, "noisy_photos": CONFIGS / "image_folder.yaml"}
 
 
