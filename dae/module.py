@@ -7,6 +7,7 @@ import warnings
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -174,6 +175,15 @@ class DenoisingModule(L.LightningModule):
                    else "use dae.objectives.Noise2Noise, or leave out data.pair_dirs")
             raise ValueError(f"{name} trains on {self.objective.observations} noisy observation(s) of each image, "
                              f"but the data serves {served}: {fix}")
+
+    def on_fit_start(self) -> None:
+        trainer = self.trainer
+        if trainer.max_steps > 0 and trainer.estimated_stepping_batches < trainer.max_steps:
+            rank_zero_warn(
+                f"trainer.max_steps {trainer.max_steps} will not be reached: trainer.max_epochs "
+                f"{trainer.max_epochs} ends the run after {int(trainer.estimated_stepping_batches)} optimizer steps "
+                "(and a cosine schedule follows that); set trainer.max_epochs -1 to let max_steps end it"
+            )
 
     def forward(self, noisy: Tensor) -> Tensor:
         return self.net(noisy)

@@ -262,3 +262,17 @@ def test_an_unknown_network_name_lists_the_networks(given, tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert exit.value.code == 2
     assert "--model.net UNett: no such class. --model.net takes one of: ConvAutoencoder, UNet, DnCNN" in err
+
+
+def test_max_steps_that_max_epochs_cuts_short_are_warned_about_before_training(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # fit_args: 2 epochs of 3 steps
+    with pytest.warns(UserWarning, match="trainer.max_steps 50 will not be reached: trainer.max_epochs 2 ends the "
+                      "run after 6 optimizer steps"):
+        assert main(fit_args(mnist_dir, "--trainer.max_steps=50", "--test_after_fit=false")) == 0
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(fit_args(mnist_dir, "--trainer.max_steps=4", "--test_after_fit=false")) == 0
+    assert not [w for w in caught if "will not be reached" in str(w.message)]
