@@ -21,7 +21,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -106,14 +106,23 @@ def evaluate(methods: Sequence[Any], clean: Tensor, stds: Iterable[float], seed:
     """Score the noisy input and every method at every std on one shared noisy copy of ``clean`` per std."""
     rows = []
     for std in stds:
-        noisy = noisy_copy(clean, std, seed, clip)
-        rows.append(Row("noisy input", std, *scores(noisy, clean), images_per_s=None))
-        for method in methods:
-            params = method.prepare(std)
-            start = time.perf_counter()
-            denoised = method(noisy.clone(), std)  # a clone: no method can alter what the next one sees
-            seconds = time.perf_counter() - start
-            rows.append(Row(method.name, std, *scores(denoised, clean), len(clean) / seconds, params))
+        # A clone for each method: no method can alter what the next one sees.
+        rows += _rows_at(std, methods, noisy_copy(clean, std, seed, clip), clean, scores,
+                         lambda method, noisy: method(noisy.clone(), std))
+    return rows
+
+
+def _rows_at(std: float, methods: Sequence[Any], noisy: Any, clean: Any,
+             score: Callable[[Any, Any], tuple[float, float]], run: Callable[[Any, Any], Any]) -> list[Row]:
+    """The noisy input's row and each method's at ``std``: ``run(method, noisy)`` timed (after the method's
+    ``prepare``), and ``score(denoised, clean)`` giving PSNR and SSIM."""
+    rows = [Row("noisy input", std, *score(noisy, clean), images_per_s=None)]
+    for method in methods:
+        params = method.prepare(std)
+        start = time.perf_counter()
+        denoised = run(method, noisy)
+        seconds = time.perf_counter() - start
+        rows.append(Row(method.name, std, *score(denoised, clean), len(clean) / seconds, params))
     return rows
 
 
@@ -133,13 +142,8 @@ def evaluate_images(methods: Sequence[Any], images: Sequence[Tensor], stds: Iter
     rows = []
     for std in stds:
         noisy = [image + std * z for image, z in zip(images, unit_noise)]
-        rows.append(Row("noisy input", std, *_image_scores(noisy, images), images_per_s=None))
-        for method in methods:
-            params = method.prepare(std)
-            start = time.perf_counter()
-            denoised = [method(x[None].clone(), std)[0] for x in noisy]
-            seconds = time.perf_counter() - start
-            rows.append(Row(method.name, std, *_image_scores(denoised, images), len(images) / seconds, params))
+        rows += _rows_at(std, methods, noisy, images, _image_scores,
+                         lambda method, noisy: [method(x[None].clone(), std)[0] for x in noisy])
     return rows
 
 
@@ -320,25 +324,32 @@ def evaluate_command(argv: Sequence[str]) -> int:
         clean_val = _images(data, "val", args.tune_limit) if baselines else clean[:0]
     except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         parser.exit(2, f"dae evaluate: error: {e}\n")
-    for notice in notices:
-        print(f"notice: {notice}")
+    _print_notices(notices)
     methods = [*networks, *(BaselineMethod(b, clean_val, args.seed + 1, args.clip) for b in baselines)]
     rows = evaluate(methods, clean, stds, args.seed, args.clip)
     dataset, data_dir = describe(data)
     settings = {
         "dataset": dataset, "data_dir": data_dir, "split": "test", "images": len(clean),
         "stds": stds, "clip": args.clip, "seed": args.seed, "tune_images": len(clean_val),
-        "hardware": _hardware(),
     }
-    print(f"{dataset} test split, {len(clean)} images, Gaussian noise {'clipped to [0, 1]' if args.clip else 'unclipped'}\n")
-    print(markdown_table(rows))
-    for path in write_results(rows, settings, Path(args.output)):
+    heading = f"{dataset} test split, {len(clean)} images, Gaussian noise {'clipped to [0, 1]' if args.clip else 'unclipped'}"
+    return _report(rows, settings, heading, Path(args.output))
+
+
+def _print_notices(notices: Sequence[str]) -> None:
+    for notice in notices:
+        print(f"notice: {notice}")
+
+
+def _report(rows: Sequence[Row], settings: dict[str, Any], heading: str, output: Path, scale: float = 1.0) -> int:
+    """Print the heading and the table, write the CSV and JSON (settings with the hardware added); exit code 0."""
+    settings = {**settings, "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                                        f"torch threads {torch.get_num_threads()}"}
+    print(f"{heading}\n")
+    print(markdown_table(rows, scale))
+    for path in write_results(rows, settings, output):
         print(f"wrote {path}")
     return 0
-
-
-def _hardware() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
 
 
 def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Namespace, stds: list[float]) -> int:
@@ -354,17 +365,13 @@ def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Nam
         images = [to_unit_float(image) for image in load_image_folder(Path(args.images), channels.pop(), 1).values()]
     except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         parser.exit(2, f"dae evaluate: error: {e}\n")
-    for notice in notices:
-        print(f"notice: {notice}")
+    _print_notices(notices)
     methods = [*networks, *(BaselineMethod(b, None, args.seed, clip=False) for b in baselines)]
     rows = evaluate_images(methods, images, stds, args.seed)
     settings = {
         "images_dir": str(args.images), "images": len(images), "stds": stds, "sigma255": [s * 255 for s in stds],
         "clip": False, "outputs": "clipped to [0, 1] and rounded to 8 bits", "seed": args.seed,
-        "baselines": "untuned, given the true std", "hardware": _hardware(),
+        "baselines": "untuned, given the true std",
     }
-    print(f"{args.images}: {len(images)} full-size images, unclipped Gaussian noise, outputs rounded to 8 bits\n")
-    print(markdown_table(rows, scale=255))
-    for path in write_results(rows, settings, Path(args.output)):
-        print(f"wrote {path}")
-    return 0
+    heading = f"{args.images}: {len(images)} full-size images, unclipped Gaussian noise, outputs rounded to 8 bits"
+    return _report(rows, settings, heading, Path(args.output), scale=255)
