@@ -162,8 +162,12 @@ def add_allow_class_option(parser: argparse.ArgumentParser) -> None:
                         f"by default only {' and '.join(m + '.*' for m in KNOWN_MODULES)} are built (repeatable)")
 
 
-def _checked_config(path: Path, ckpt: dict[str, Any], allow_classes: Iterable[str]) -> dict[str, Any]:
-    """The checkpoint's hyper-parameters without private keys, once every class they name is a known one."""
+def _read_checked(path: str | os.PathLike, map_location: str | torch.device,
+                  allow_classes: Iterable[str]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The checkpoint file ``path`` resolves to, its contents, and its hyper-parameters without private keys, once
+    every class they name is a known one."""
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path, map_location)
     hparams = ckpt["hyper_parameters"]
     if not isinstance(hparams, dict):
         raise CheckpointError(f"{path}: not a dae checkpoint (hyper_parameters is not a mapping)")
@@ -172,7 +176,7 @@ def _checked_config(path: Path, ckpt: dict[str, Any], allow_classes: Iterable[st
     # Private keys such as Lightning's "_instantiator" name code to call: never trust them from a file.
     config = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
     check_known_classes(config, path, allow_classes)
-    return config
+    return path, ckpt, config
 
 
 def _load_weights(path: Path, module: nn.Module, state_dict: dict[str, Any]) -> None:
@@ -197,9 +201,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     ``mypkg.nets.MyNet``). Raises ``CheckpointError`` naming the file when it is missing, corrupt, not a dae
     checkpoint, holds pickled code, names another class, or its weights do not fit its network.
     """
-    path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(path, map_location)
-    config = _checked_config(path, ckpt, allow_classes)
+    path, ckpt, config = _read_checked(path, map_location, allow_classes)
     from lightning.pytorch.cli import instantiate_module
 
     from dae.module import DenoisingModule
@@ -218,9 +220,7 @@ def load_network(path: str | os.PathLike, map_location: str | torch.device = "cp
     """The trained network alone (``load_model(path).net``), in eval mode, built without importing Lightning:
     what denoising and export need, in a process that holds less memory. Same checks and errors as
     ``load_model``."""
-    path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(path, map_location)
-    config = _checked_config(path, ckpt, allow_classes)
+    path, ckpt, config = _read_checked(path, map_location, allow_classes)
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
