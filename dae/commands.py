@@ -31,10 +31,10 @@ def run_command(args: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``dae`` console command."""
-    share_cores()  # before any parallel work: this process's share of the cores while other dae processes run
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
+        share_cores()  # before any parallel work: this process's share of the cores while other dae processes run
         return run_command(args)
-    from dae.cli import main as lightning_main
+    from dae.cli import main as lightning_main  # which takes the share of the cores itself
 
     return lightning_main(argv)
