@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="training steps of each run")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from dae.threads import available_cores
+    from dae.training.threads import available_cores
     from tests.idx import write_mnist_files
 
     cores = available_cores()

@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dae.sweep.study import make_storage  # noqa: E402
+from dae.commands.sweep.study import make_storage  # noqa: E402
 
 CONTESTANTS = {
     "a": ("1 worker x all cores", lambda cores: ["--workers", "1"]),

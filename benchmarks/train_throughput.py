@@ -114,7 +114,7 @@ def plain_eval(steps: int, data_root: Path, batch_size: int, device: torch.devic
 
 def dae_run(argv: list[str]) -> dict:
     """``dae <argv>`` in this process; returns the last logged train loss when there is one."""
-    from dae.cli import DaeCLI
+    from dae.commands.cli import DaeCLI
 
     cli = DaeCLI(args=argv)
     loss = cli.trainer.callback_metrics.get("train/loss")
@@ -127,7 +127,7 @@ def child_main(args: argparse.Namespace, rest: list[str]) -> None:
     import matplotlib.pyplot  # noqa: F401  (loss.png at the end of fit)
     import torchvision.datasets  # noqa: F401
 
-    import dae.cli  # noqa: F401
+    import dae.commands.cli  # noqa: F401
 
     device = torch.device(args.device)
     data_root = Path(args.data_root)
@@ -163,7 +163,7 @@ def prepare_data(source: Path | None, folder: Path) -> tuple[Path, str]:
         write_mnist_files(raw, n_train=60_000, n_test=10_000)
         what = "synthetic IDX files (60,000 train / 10,000 test, written by this script)"
     else:
-        from dae.data import find_idx_file
+        from dae.data.mnist import find_idx_file
 
         for name in IDX_FILES:
             found = find_idx_file([source, source / "MNIST" / "raw"], name)

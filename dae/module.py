@@ -7,9 +7,9 @@ import warnings
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
@@ -17,6 +17,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from dae.nets import ConvAutoencoder
 from dae.noise import GaussianNoise
 from dae.objectives import Objective, Supervised
+from dae.pixels import to_unit_float
 from dae.seeding import torch_generator
 
 STAGES = ("val", "test")
@@ -28,13 +29,6 @@ STAGE_SPLITS = {"fit": {"train", "val"}, "validate": {"val"}, "test": {"test"}, 
 # The "psnr" loss floors each image's MSE here (a 60 dB cap), so that a (near) noise-free training image, which
 # blind training draws, cannot dominate a batch with a huge 1/MSE gradient.
 PSNR_LOSS_MSE_FLOOR = 1e-6
-
-
-def to_unit_float(images: Tensor) -> Tensor:
-    """uint8 images in [0, 255] to floats in [0, 1]; float images pass through."""
-    if images.dtype == torch.uint8:
-        return torch.div(images, 255.0)  # one op, the same values as images.float() / 255
-    return images.float()
 
 
 def image_metrics(prefix: str) -> MetricCollection:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from dae.callbacks import write_loss_plot  # noqa: E402
+from dae.training.callbacks import write_loss_plot  # noqa: E402
 
 
 def last_image_grid(run_dir: Path, tag: str = "val/images") -> tuple[Image.Image, int]:

@@ -19,11 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from dae.baselines import BASELINES  # noqa: E402
-from dae.evaluate import to_8_bits  # noqa: E402
-from dae.image_folder import load_image_folder  # noqa: E402
+from dae.commands.evaluate import to_8_bits  # noqa: E402
+from dae.data.folders import load_image_folder  # noqa: E402
 from dae.inference import denoise_image, load_model  # noqa: E402
-from dae.module import to_unit_float  # noqa: E402
-from dae.pretrained import DEFAULT_MODEL  # noqa: E402
+from dae.pixels import to_unit_float  # noqa: E402
+from dae.inference.pretrained import DEFAULT_MODEL  # noqa: E402
 from dae.seeding import torch_generator  # noqa: E402
 
 

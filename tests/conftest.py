@@ -79,7 +79,7 @@ def fit_args(data_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def trained_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run folder of one short ``dae fit`` (5 epochs of 4 steps) shared by the tests that use a model."""
-    from dae.cli import main
+    from dae.commands import main
 
     root = tmp_path_factory.mktemp("trained")
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dae.cli import main
+from dae.commands import main
 from tests.conftest import fit_args, run_dae
 from tests.idx import IMAGE_FILES
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dae.baselines import BASELINES, available_baselines
-from dae.evaluate import BaselineMethod, noisy_copy, scores
+from dae.commands.evaluate import BaselineMethod, noisy_copy, scores
 from tests.idx import synthetic_images
 
 needs_baselines = pytest.mark.skipif(

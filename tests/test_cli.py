@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from dae.callbacks import read_scalars
-from dae.cli import main
+from dae.training.callbacks import read_scalars
+from dae.commands import main
 from tests.conftest import fit_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_resume_from_last_checkpoint_continues_step_count(fitted_run, mnist_dir)
 
 @pytest.mark.slow
 def test_test_command_reports_test_metrics(fitted_run, mnist_dir, capsys):
-    from dae.cli import DaeCLI
+    from dae.commands.cli import DaeCLI
 
     args = fit_args(mnist_dir)
     args[0] = "test"
@@ -113,7 +113,7 @@ def test_print_config_shows_the_baseline_defaults(capsys):
 
 
 def test_blind_gaussian_range_is_given_in_yaml_or_on_the_command_line(tmp_path, monkeypatch):
-    from dae.cli import DaeCLI
+    from dae.commands.cli import DaeCLI
     from dae.noise import GaussianNoise
 
     monkeypatch.chdir(tmp_path)
@@ -129,7 +129,7 @@ def test_blind_gaussian_range_is_given_in_yaml_or_on_the_command_line(tmp_path, 
      ("dncnn.yaml", "DnCNN", 0.5, "mse")],
 )
 def test_network_configs_build_their_network_and_noise(config, net_class, std, loss, tmp_path, monkeypatch):
-    from dae.cli import DaeCLI
+    from dae.commands.cli import DaeCLI
 
     monkeypatch.chdir(tmp_path)
     cli = DaeCLI(args=[f"--config={ROOT / 'configs' / config}", f"--data.init_args.data_dir={tmp_path}"], run=False)
@@ -144,7 +144,7 @@ def test_network_configs_build_their_network_and_noise(config, net_class, std, l
 def test_predict_writes_denoised_pngs_of_the_test_split_into_the_run_folder(trained_run, mnist_dir, tmp_path):
     import shutil
 
-    from dae.images import read_image
+    from dae.data.images import read_image
 
     run = tmp_path / "run"
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
@@ -161,7 +161,7 @@ def test_predict_writes_denoised_pngs_of_the_test_split_into_the_run_folder(trai
 def test_default_progress_bar_is_tqdm_redrawn_every_20_steps_and_configurable(mnist_dir, tmp_path, monkeypatch):
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-    from dae.cli import DaeCLI
+    from dae.commands.cli import DaeCLI
 
     monkeypatch.chdir(tmp_path)
     args = fit_args(mnist_dir)[1:]  # without the subcommand: run=False only builds
@@ -202,13 +202,13 @@ DEFAULT_CALLBACK_CLASSES = {
     "best_checkpoint": "lightning.pytorch.callbacks.ModelCheckpoint",
     "last_checkpoint": "lightning.pytorch.callbacks.ModelCheckpoint",
     "epoch_end_checkpoint": "lightning.pytorch.callbacks.ModelCheckpoint",
-    "sigterm_checkpoint": "dae.checkpointing.SigtermCheckpoint",
+    "sigterm_checkpoint": "dae.training.checkpointing.SigtermCheckpoint",
     "lr_monitor": "lightning.pytorch.callbacks.LearningRateMonitor",
-    "image_grid": "dae.callbacks.ImageGridCallback",
-    "loss_plot": "dae.callbacks.LossPlotCallback",
-    "tensorboard_run": "dae.callbacks.TensorBoardRunCallback",
-    "non_finite_loss_stop": "dae.callbacks.NonFiniteLossStop",
-    "prediction_writer": "dae.callbacks.PredictionImageWriter",
+    "image_grid": "dae.training.callbacks.ImageGridCallback",
+    "loss_plot": "dae.training.callbacks.LossPlotCallback",
+    "tensorboard_run": "dae.training.callbacks.TensorBoardRunCallback",
+    "non_finite_loss_stop": "dae.training.callbacks.NonFiniteLossStop",
+    "prediction_writer": "dae.training.callbacks.PredictionImageWriter",
     "progress_bar": "lightning.pytorch.callbacks.TQDMProgressBar",
 }
 
@@ -229,8 +229,8 @@ def test_a_default_callback_is_changed_or_removed_in_its_section_and_more_are_ap
                                                                                      monkeypatch):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from dae.callbacks import ImageGridCallback, LossPlotCallback
-    from dae.cli import DaeCLI
+    from dae.training.callbacks import ImageGridCallback, LossPlotCallback
+    from dae.commands.cli import DaeCLI
     from tests.probes import PauseAtStep
 
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dae.cli import main
-from dae.config_files import MAX_NODES, ConfigFileError, check_config_file
+from dae.commands import main
+from dae.commands.config_files import MAX_NODES, ConfigFileError, check_config_file
 from tests.conftest import fit_args
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from dae.cli import main
+from dae.commands import main
 from tests.conftest import run_dae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def load(path: Path) -> dict:
 
 def fixture_data_args(config: dict, mnist_dir: Path, image_dir: Path) -> list[str]:
     """Point a config's data module at the test's fixture files instead of the real data sets."""
-    if config["data"]["class_path"] == "dae.image_folder.ImageFolderDataModule":
+    if config["data"]["class_path"] == "dae.data.ImageFolderDataModule":
         # 30 fixture pictures: splits large enough that each gets some (Train400 configs test on 2%).
         return [f"--data.init_args.data_dir={image_dir}", "--data.init_args.val_split=0.2",
                 "--data.init_args.test_split=0.2"]
@@ -56,7 +56,7 @@ def test_there_is_a_config_per_noise_model_and_dataset_kind():
     data = {load(p)["data"]["class_path"] for p in EXPERIMENTS}
     assert {f"dae.noise.{n}" for n in ("GaussianNoise", "SaltAndPepperNoise", "PoissonNoise", "SpeckleNoise",
                                        "PixelMaskNoise", "ComposeNoise")} <= noises
-    assert {"dae.data.MNISTDataModule", "dae.image_folder.ImageFolderDataModule"} <= data
+    assert {"dae.data.MNISTDataModule", "dae.data.ImageFolderDataModule"} <= data
 
 
 def test_noise_models_are_overlays_that_hold_only_the_noise():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dae.data import DATASETS, MNISTDataModule, read_idx, split_sizes
+from dae.data import DATASETS, MNISTDataModule, read_idx
+from dae.data.memory import split_sizes
 from tests.conftest import fake_rank
 from tests.idx import IMAGE_FILES, idx_bytes, write_emnist_files, write_mnist_files
 
@@ -278,7 +279,7 @@ def test_on_device_training_order_resumes_mid_epoch(mnist_dir):
 def test_on_device_predict_names_each_image_by_its_index(mnist_dir, tiny_trainer, tmp_path):
     import lightning as L
 
-    from dae.callbacks import PredictionImageWriter
+    from dae.training.callbacks import PredictionImageWriter
     from dae.module import DenoisingModule
 
     class Indices(L.Callback):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dae.callbacks import read_scalars
+from dae.training.callbacks import read_scalars
 from tests.conftest import ROOT, fit_args, run_dae
 
 pytestmark = pytest.mark.slow  # every test here shares one real training run

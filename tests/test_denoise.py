@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dae.cli import main
-from dae.denoise import COMPARE_SUFFIX
-from dae.images import read_image, write_image
+from dae.commands import main
+from dae.commands.denoise import COMPARE_SUFFIX
+from dae.data.images import read_image, write_image
 from dae.inference import denoise_image, input_size
 from dae.nets import ConvAutoencoder, DnCNN, UNet
 from tests.conftest import fit_args

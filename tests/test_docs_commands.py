@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dae.cli import main
+from dae.commands import main
 from dae.commands import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]

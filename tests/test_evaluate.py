@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dae.cli import main
-from dae.evaluate import data_module, evaluate, markdown_table, noisy_copy, scores
+from dae.commands import main
+from dae.commands.evaluate import data_module, evaluate, markdown_table, noisy_copy, scores
 from tests.conftest import fit_args
 
 HAVE_BASELINES = all(importlib.util.find_spec(p) is not None for p in ("bm3d", "skimage", "pywt"))
@@ -113,7 +113,7 @@ def test_evaluate_scores_an_image_folder_checkpoint_on_its_own_test_images(image
 
 
 def test_evaluate_data_comes_from_known_classes_only(image_dir):
-    hparams = {"_class_path": "dae.image_folder.ImageFolderDataModule", "data_dir": str(image_dir), "channels": 3}
+    hparams = {"_class_path": "dae.data.ImageFolderDataModule", "data_dir": str(image_dir), "channels": 3}
     data = data_module(hparams)
     data.setup("test")
     assert data.test_set.images.shape[1] == 3

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from dae.baselines import BASELINES
-from dae.cli import main
-from dae.evaluate import BaselineMethod, Row, evaluate_images, markdown_table
+from dae.commands import main
+from dae.commands.evaluate import BaselineMethod, Row, evaluate_images, markdown_table
 
 
 class Recorder:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dae.cli import main
-from dae.export import export_model
+from dae.commands import main
+from dae.commands.export import export_model
 from dae.inference import load_model
 from dae.nets import DnCNN
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dae.callbacks import read_scalars
-from dae.checkpointing import AtomicCheckpointIO
-from dae.cli import main
+from dae.training.callbacks import read_scalars
+from dae.training.checkpointing import AtomicCheckpointIO
+from dae.commands import main
 from tests.conftest import ROOT, dae_subprocess, fit_args, run_dae
 
 # 2 epochs of 5 steps (batch 32 of the 256 fixture training images), last.ckpt every 3 steps and at epoch ends.
@@ -173,7 +173,7 @@ def test_non_finite_loss_stops_before_that_step_and_keeps_last_good_checkpoint(m
 @pytest.mark.slow
 def test_non_finite_loss_on_an_accelerator_stops_within_one_logging_interval(mnist_dir, tmp_path, monkeypatch,
                                                                              capsys):
-    from dae.callbacks import NonFiniteLossStop
+    from dae.training.callbacks import NonFiniteLossStop
 
     # As on a GPU: the loss only updates a flag on the device, read every log_every_n_steps (4) steps.
     monkeypatch.setattr(NonFiniteLossStop, "_free_to_read", staticmethod(lambda loss: False))
@@ -200,7 +200,7 @@ def test_non_finite_loss_on_an_accelerator_stops_within_one_logging_interval(mni
 def test_non_finite_check_does_not_wait_for_the_gpu_between_logging_steps():
     from types import SimpleNamespace
 
-    from dae.callbacks import NonFiniteLossStop
+    from dae.training.callbacks import NonFiniteLossStop
 
     stop, trainer = NonFiniteLossStop(), SimpleNamespace(global_step=0, current_epoch=0, log_every_n_steps=50)
     losses = [torch.tensor(v, device="cuda") for v in (1.0, float("nan"), 2.0)]
@@ -217,7 +217,7 @@ def test_non_finite_check_does_not_wait_for_the_gpu_between_logging_steps():
 
 
 def test_dae_fit_writes_checkpoints_through_the_atomic_checkpoint_io(mnist_dir, tmp_path, monkeypatch):
-    from dae.cli import DaeCLI
+    from dae.commands.cli import DaeCLI
 
     monkeypatch.chdir(tmp_path)
     cli = DaeCLI(args=fit_args(mnist_dir)[1:], run=False)  # [1:]: no "fit" subcommand when run=False
@@ -318,7 +318,7 @@ def test_a_failed_loss_png_or_event_file_after_training_keeps_the_run(mnist_dir,
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("dae.callbacks.write_loss_plot", no_space)
+    monkeypatch.setattr("dae.training.callbacks.write_loss_plot", no_space)
     # Closing the event file (and writing hparams.yaml), which Lightning does after training, fails.
     monkeypatch.setattr(TensorBoardLogger, "finalize", no_space)
     with pytest.warns(UserWarning) as warned:

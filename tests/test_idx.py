@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dae.data import read_idx as read_idx_from_data  # the old import path keeps working
-from dae.idx import parse_idx, read_idx, read_idx_from_zip
+from dae.data.idx import parse_idx, read_idx, read_idx_from_zip
 from tests.idx import idx_bytes
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

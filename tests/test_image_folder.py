@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from dae.image_folder import ImageFolderDataModule, RandomPatchDataset, decode_image
+from dae.data.folders import ImageFolderDataModule, RandomPatchDataset, decode_image
 from dae.module import DenoisingModule
 from dae.nets import ConvAutoencoder
 from tests.conftest import fake_rank
@@ -121,7 +121,7 @@ def test_adding_pictures_or_changing_the_patch_size_moves_no_image_between_split
 
 
 def test_evaluation_of_a_checkpoint_scores_only_images_it_never_trained_on(image_dir, tmp_path):
-    from dae.evaluate import data_module
+    from dae.commands.evaluate import data_module
 
     folder = tmp_path / "pictures"
     shutil.copytree(image_dir, folder)
@@ -131,7 +131,7 @@ def test_evaluation_of_a_checkpoint_scores_only_images_it_never_trained_on(image
     for i, rgb in enumerate(synthetic_rgb(40, (72, 72))[30:]):  # pictures added after training
         Image.fromarray(rgb).save(folder / f"later{i}.png")
     # What `dae evaluate CKPT` builds from the checkpoint's datamodule_hyper_parameters.
-    evaluated = data_module({**trained.hparams, "_class_path": "dae.image_folder.ImageFolderDataModule"})
+    evaluated = data_module({**trained.hparams, "_class_path": "dae.data.ImageFolderDataModule"})
     evaluated.setup("test")
     scored = all_pixels(evaluated.test_set.images)
     assert scored and not scored & trained_on
@@ -286,13 +286,13 @@ def test_network_with_other_channel_count_is_refused_before_training(image_dir, 
 
 @pytest.mark.slow
 def test_fit_on_rgb_pngs_follows_the_data_channels(image_dir, tmp_path, monkeypatch):
-    from dae.callbacks import read_scalars
-    from dae.cli import main
+    from dae.training.callbacks import read_scalars
+    from dae.commands import main
 
     monkeypatch.chdir(tmp_path)
     main([
         "fit", f"--config={ROOT / 'configs' / 'mnist.yaml'}",
-        "--data=dae.image_folder.ImageFolderDataModule", f"--data.data_dir={image_dir}", "--data.channels=3", "--data.val_split=0.1",
+        "--data=dae.data.ImageFolderDataModule", f"--data.data_dir={image_dir}", "--data.channels=3", "--data.val_split=0.1",
         "--data.batch_size=8", "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
         "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
     ])
@@ -305,4 +305,4 @@ def test_fit_on_rgb_pngs_follows_the_data_channels(image_dir, tmp_path, monkeypa
     scalars = read_scalars(run)
     assert len(scalars["val/psnr"]) == 2 and scalars["val/psnr"][-1][1] > 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["data"]["class_path"] == "dae.image_folder.ImageFolderDataModule"
+    assert saved["data"]["class_path"] == "dae.data.ImageFolderDataModule"

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dae.image_folder import decode_image
-from dae.images import ImageFileError, from_unit_tensor, read_image, to_unit_tensor, write_image
+from dae.data.folders import decode_image
+from dae.data.images import ImageFileError, from_unit_tensor, read_image, to_unit_tensor, write_image
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dae.cli import main
+from dae.commands import main
 from dae.inference import CheckpointError, load_checkpoint, load_model, resolve_checkpoint
 from dae.module import DenoisingModule
 from dae.nets import ConvAutoencoder

@@ -7,8 +7,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from dae.callbacks import ImageGridCallback
-from dae.image_folder import ImageFolderDataModule
+from dae.training.callbacks import ImageGridCallback
+from dae.data.folders import ImageFolderDataModule
 from dae.module import DenoisingModule
 from dae.nets import UNet
 from dae.objectives import Neighbor2Neighbor, Noise2Noise, Noise2Self

@@ -400,7 +400,7 @@ def test_neighbor2neighbor_refuses_the_baseline_network_before_training(mnist_di
 @pytest.mark.slow
 def test_a_self_supervised_checkpoint_denoises_and_evaluate_names_its_objective(mnist_dir, tmp_path, capsys,
                                                                                 monkeypatch):
-    from dae.cli import main
+    from dae.commands import main
     from dae.inference import load_model
     from tests.conftest import fit_args
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dae.cli import main
+from dae.commands import main
 from dae.inference import CheckpointError, load_model, resolve_checkpoint
-from dae.pretrained import BUILTIN_MODELS, DEFAULT_MODEL, builtin_checkpoint, slim_checkpoint
+from dae.inference.loading import slim_checkpoint
+from dae.inference.pretrained import BUILTIN_MODELS, DEFAULT_MODEL, builtin_checkpoint
 
 MAX_BYTES = 10 * 1024**2
 

@@ -9,9 +9,9 @@ import urllib.parse
 import pytest
 import yaml
 
-from dae.callbacks import read_scalars
-from dae.cli import main
-from dae.report import PINNED_TAGS, TEST_METRICS_NAME
+from dae.training.callbacks import read_scalars
+from dae.commands import main
+from dae.training.report import PINNED_TAGS, TEST_METRICS_NAME
 from tests.conftest import fit_args
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from dae.cli import main
-from dae.cli import RESUME_IGNORES
-from dae.runs import config_differences
+from dae.commands import main
+from dae.commands.cli import RESUME_IGNORES
+from dae.training.runs import config_differences
 from tests.conftest import dae_subprocess, fit_args, run_dae
 
 SHORT = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_model_summary=false")

@@ -21,11 +21,11 @@ optuna = pytest.importorskip("optuna", reason="dae sweep needs the sweep extra: 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from dae.callbacks import read_scalars  # noqa: E402
-from dae.cli import main  # noqa: E402
-from dae.sweep.spec import SweepFileError, load_spec  # noqa: E402
-from dae.sweep.study import JOURNAL_NAME, make_storage  # noqa: E402
-from dae.sweep.trial import run_trial  # noqa: E402
+from dae.training.callbacks import read_scalars  # noqa: E402
+from dae.commands import main  # noqa: E402
+from dae.commands.sweep.spec import SweepFileError, load_spec  # noqa: E402
+from dae.commands.sweep.study import JOURNAL_NAME, make_storage  # noqa: E402
+from dae.commands.sweep.trial import run_trial  # noqa: E402
 from tests.conftest import ROOT, dae_subprocess  # noqa: E402
 
 CONFIG = ROOT / "configs" / "mnist.yaml"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dae.callbacks import read_scalars
-from dae.cli import main
+from dae.training.callbacks import read_scalars
+from dae.commands import main
 from tests.conftest import fit_args
 
 pytestmark = pytest.mark.slow  # every test here shares one real training run

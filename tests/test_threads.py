@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import dae.threads
-from dae.callbacks import CoreShareCallback
-from dae.threads import CoreShare, available_cores
+import dae.training.threads
+from dae.training.callbacks import CoreShareCallback
+from dae.training.threads import CoreShare, available_cores
 from tests.conftest import ROOT
 
-CHILD = "import sys; from pathlib import Path; from dae.threads import CoreShare; " \
+CHILD = "import sys; from pathlib import Path; from dae.training.threads import CoreShare; " \
         "share = CoreShare(Path(sys.argv[1])); share.join(); print('joined', flush=True); sys.stdin.read()"
 
 
@@ -40,7 +40,7 @@ def test_available_cores_counts_the_affinity():
 
 @pytest.mark.slow
 def test_processes_in_one_registry_split_the_cores_and_the_dead_drop_out(tmp_path, monkeypatch, threads_restored):
-    for name in dae.threads.EXPLICIT_ENVS:
+    for name in dae.training.threads.EXPLICIT_ENVS:
         monkeypatch.delenv(name, raising=False)
     share = CoreShare(tmp_path, cores=4)
     share.default_threads = 4  # PyTorch's default on a 4-core machine
@@ -80,7 +80,7 @@ def test_callback_rechecks_the_share_at_most_every_interval(monkeypatch):
             calls.append(1)
             return 1
 
-    monkeypatch.setattr(dae.threads, "_SHARE", Recorder())
+    monkeypatch.setattr(dae.training.threads, "_SHARE", Recorder())
     callback = CoreShareCallback(interval=3600)
     for step in range(5):
         callback.on_train_batch_start(None, None, None, step)

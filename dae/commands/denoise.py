@@ -13,9 +13,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dae.images import ImageFileError, from_unit_tensor, image_suffixes, read_image, to_unit_tensor, write_image
-from dae.inference import CheckpointError, add_allow_class_option, denoise_image, input_size, load_network
-from dae.pretrained import DEFAULT_MODEL
+from dae.data.images import (
+    ImageFileError,
+    from_unit_tensor,
+    image_suffixes,
+    read_image,
+    to_unit_tensor,
+    write_image,
+)
+from dae.inference.loading import CheckpointError, add_allow_class_option, load_network
+from dae.inference.pretrained import DEFAULT_MODEL
+from dae.inference.tiling import denoise_image, input_size
 
 COMPARE_SUFFIX = "_compare.png"
 _GAP = 2  # white pixels between the panels of a --compare picture

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dae.inference import CheckpointError, add_allow_class_option, input_size, load_network
+from dae.inference.loading import CheckpointError, add_allow_class_option, load_network
+from dae.inference.tiling import input_size
 
 FORMATS = ("onnx", "torchscript")
 PARITY_TOLERANCE = 1e-4

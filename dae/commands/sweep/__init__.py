@@ -18,6 +18,6 @@ def sweep_command(argv: Sequence[str]) -> int:
     except ImportError:
         print("dae sweep needs Optuna: pip install -e '.[sweep]'", file=sys.stderr)
         return 2
-    from dae.sweep.command import sweep_command as run
+    from dae.commands.sweep.command import sweep_command as run
 
     return run(argv)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
 import importlib
 import json
@@ -12,34 +11,49 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-import torch
 from torch import nn
 
-from dae.callbacks import write_loss_plot
-from dae.checkpointing import DiskFullError, disk_full_message, is_disk_full
-from dae.config_files import ConfigFileError, check_config_files, config_paths, error_line
-from dae.data import InMemoryDataModule
-from dae.commands import COMMANDS, run_command
+from dae.commands.config_files import (
+    ConfigFileError,
+    check_config_files,
+    config_paths,
+    error_line,
+)
+from dae.data.memory import InMemoryDataModule
 from dae.module import DenoisingModule
-from dae.report import run_summary, write_test_metrics
-from dae.runs import (IGNORED, RunLock, choose_run, clear_unstarted_run, flatten, matching_run, remove_if_empty,
-                      version_folder)
-from dae.threads import share_cores
+from dae.training.checkpointing import DiskFullError, disk_full_message, is_disk_full
+from dae.training.report import run_summary, write_test_metrics
+from dae.training.runs import (
+    IGNORED,
+    RunLock,
+    choose_run,
+    clear_unstarted_run,
+    flatten,
+    matching_run,
+    remove_if_empty,
+    version_folder,
+)
+from dae.training.threads import share_cores
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "logger": {
-        "class_path": "dae.loggers.RunLogger",
+        "class_path": "dae.training.loggers.RunLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
-    "plugins": [{"class_path": "dae.checkpointing.AtomicCheckpointIO"}],
+    "plugins": [{"class_path": "dae.training.checkpointing.AtomicCheckpointIO"}],
 }
 
 # Unmonitored, keeping one file named last.ckpt (never last-v1.ckpt beside an older one): the latest state.
@@ -59,16 +73,16 @@ DEFAULT_CALLBACKS = {
                         "checkpoints/last.ckpt every every_n_train_steps optimizer steps (0: not within epochs)"),
     "epoch_end_checkpoint": ("lightning.pytorch.callbacks.ModelCheckpoint", _LAST,
                              "checkpoints/last.ckpt at the end of every epoch, after validation"),
-    "sigterm_checkpoint": ("dae.checkpointing.SigtermCheckpoint", {},
+    "sigterm_checkpoint": ("dae.training.checkpointing.SigtermCheckpoint", {},
                            "checkpoints/last.ckpt when SIGTERM stops training"),
     "lr_monitor": ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"},
                    "train/lr: the learning rate of each logged step"),
-    "image_grid": ("dae.callbacks.ImageGridCallback", {}, "val/images: clean, noisy and denoised validation images"),
-    "loss_plot": ("dae.callbacks.LossPlotCallback", {}, "loss.png in the run folder at the end of fit"),
-    "tensorboard_run": ("dae.callbacks.TensorBoardRunCallback", {}, "TensorBoard HPARAMS tab and restart marks"),
-    "non_finite_loss_stop": ("dae.callbacks.NonFiniteLossStop", {}, "stop when the training loss is NaN or inf"),
-    "prediction_writer": ("dae.callbacks.PredictionImageWriter", {}, "dae predict: the denoised images as PNGs"),
-    "core_share": ("dae.callbacks.CoreShareCallback", {},
+    "image_grid": ("dae.training.callbacks.ImageGridCallback", {}, "val/images: clean, noisy and denoised validation images"),
+    "loss_plot": ("dae.training.callbacks.LossPlotCallback", {}, "loss.png in the run folder at the end of fit"),
+    "tensorboard_run": ("dae.training.callbacks.TensorBoardRunCallback", {}, "TensorBoard HPARAMS tab and restart marks"),
+    "non_finite_loss_stop": ("dae.training.callbacks.NonFiniteLossStop", {}, "stop when the training loss is NaN or inf"),
+    "prediction_writer": ("dae.training.callbacks.PredictionImageWriter", {}, "dae predict: the denoised images as PNGs"),
+    "core_share": ("dae.training.callbacks.CoreShareCallback", {},
                    "this process's share of the CPU cores, re-checked while other dae processes start and end"),
     # Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
     # metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
@@ -114,8 +128,8 @@ CLASS_OPTIONS = {"model.net": "dae.nets", "model.noise": "dae.noise", "model.obj
 def module_classes(module_name: str) -> list[str]:
     """Names of the ``nn.Module`` classes defined in a module, e.g. the noise models of ``dae.noise``."""
     module = importlib.import_module(module_name)
-    return [name for name, obj in vars(module).items()
-            if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module_name]
+    return [name for name, obj in vars(module).items() if isinstance(obj, type) and issubclass(obj, nn.Module)
+            and (obj.__module__ == module_name or obj.__module__.startswith(module_name + "."))]
 
 
 def option_value(args: Sequence[str], option: str) -> str | None:
@@ -268,7 +282,7 @@ class DaeCLI(LightningCLI):
             print(run_summary(log_dir, metrics, best))
 
     def choose_run_folder(self, config: Namespace) -> None:
-        """Pick (and lock) the run folder of this fit: see ``dae.runs`` for the rule."""
+        """Pick (and lock) the run folder of this fit: see ``dae.training.runs`` for the rule."""
         init = getattr(config.trainer.get("logger"), "init_args", None)
         if init is None or "version" not in init:
             return  # no logger, or one without run folders: Lightning's own behaviour
@@ -308,23 +322,9 @@ _DESCRIPTION = (
 )
 
 
-def plot_command(argv: Sequence[str]) -> int:
-    """``dae plot RUN_DIR [-o OUT]``: redraw a run's loss.png from its TensorBoard event files."""
-    parser = argparse.ArgumentParser(prog="dae plot", description=plot_command.__doc__)
-    parser.add_argument("run_dir", help="a run folder, e.g. lightning_logs/version_0")
-    parser.add_argument("-o", "--output", help="PNG to write (default: RUN_DIR/loss.png)")
-    args = parser.parse_args(argv)
-    try:
-        out = write_loss_plot(args.run_dir, args.output)
-    except (FileNotFoundError, ValueError) as e:
-        parser.exit(2, f"dae plot: error: {e}\n")
-    print(f"wrote {out}")
-    return 0
-
-
 # Errors that dae's own checks raise about what the user gave it: shown as one message, without a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # dae/
 
 
 def user_error(error: BaseException) -> BaseException | None:
@@ -335,19 +335,17 @@ def user_error(error: BaseException) -> BaseException | None:
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         if isinstance(error, USER_ERRORS) and tb is not None:
-            if Path(tb.tb_frame.f_code.co_filename).resolve().parent == _PACKAGE_DIR:
+            if _PACKAGE_DIR in Path(tb.tb_frame.f_code.co_filename).resolve().parents:
                 return error
         error = error.__cause__
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``dae`` with every subcommand; ``dae.commands.main`` (the console command) comes here for those that
-    need a Trainer."""
+    """``dae fit/validate/test/predict``: the subcommands that need a Trainer, which ``dae.commands.main`` (the
+    console command) sends here."""
     share_cores()  # before any parallel work: this process's share of the cores while other dae processes run
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
-        return run_command(args)
     try:
         check_config_files(args)  # a broken --config file fails here in one line that names it
         DaeCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself

@@ -9,11 +9,16 @@ from typing import Any, Sequence
 
 import lightning as L
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
-from dae.checkpointing import LAST_NAME
-from dae.cli import DaeCLI
-from dae.sweep.spec import SweepSpec
+from dae.commands.cli import DaeCLI
+from dae.commands.sweep.spec import SweepSpec
+from dae.training.checkpointing import LAST_NAME
 
 # Every trial runs quietly: several workers share one terminal, and Optuna prints a line per finished trial. A
 # trial is judged by its validation metric alone: the test split is not scored, so a sweep cannot tune on it.

@@ -1,7 +1,7 @@
 """The ``dae`` command line: each subcommand that needs no Trainer runs without importing Lightning.
 
 ``dae denoise``, ``evaluate``, ``export``, ``plot`` and ``sweep`` are looked up here and imported on their own;
-everything else (fit, validate, test, predict) goes to the LightningCLI in ``dae.cli``. Leaving Lightning out
+everything else (fit, validate, test, predict) goes to the LightningCLI in ``dae.commands.cli``. Leaving Lightning out
 of ``dae denoise`` keeps a few hundred MiB out of its memory.
 """
 
@@ -11,15 +11,15 @@ import importlib
 import sys
 from typing import Sequence
 
-from dae.threads import share_cores
+from dae.training.threads import share_cores
 
 # subcommand -> (module, function taking the remaining arguments and returning the exit code)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "plot": ("dae.cli", "plot_command"),
-    "evaluate": ("dae.evaluate", "evaluate_command"),
-    "denoise": ("dae.denoise", "denoise_command"),
-    "export": ("dae.export", "export_command"),
-    "sweep": ("dae.sweep", "sweep_command"),  # needs the sweep extra
+    "plot": ("dae.commands.plot", "plot_command"),
+    "evaluate": ("dae.commands.evaluate", "evaluate_command"),
+    "denoise": ("dae.commands.denoise", "denoise_command"),
+    "export": ("dae.commands.export", "export_command"),
+    "sweep": ("dae.commands.sweep", "sweep_command"),  # needs the sweep extra
 }
 
 
@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in COMMANDS:
         share_cores()  # before any parallel work: this process's share of the cores while other dae processes run
         return run_command(args)
-    from dae.cli import main as lightning_main  # which takes the share of the cores itself
+    from dae.commands.cli import (
+        main as lightning_main,  # which takes the share of the cores itself
+    )
 
     return lightning_main(argv)

@@ -16,7 +16,6 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -138,12 +137,3 @@ def reshare_cores() -> None:
     if _SHARE is not None:
         _SHARE.apply()
 
-
-def __getattr__(name: str) -> Any:
-    # The Lightning callback lives in dae.callbacks, so that commands that train nothing (dae denoise) share the
-    # cores without importing Lightning; run configs name it here.
-    if name == "CoreShareCallback":
-        from dae.callbacks import CoreShareCallback
-
-        return CoreShareCallback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    IntDistribution,
+)
 
-from dae.cli import DaeCLI
-from dae.sweep.spec import SweepSpec
-from dae.sweep.trial import QUIET, config_args, override_args
+from dae.commands.cli import DaeCLI
+from dae.commands.sweep.spec import SweepSpec
+from dae.commands.sweep.trial import QUIET, config_args, override_args
 
 
 class SweepConfigError(ValueError):

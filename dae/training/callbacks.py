@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from dae.threads import reshare_cores
+from dae.training.threads import reshare_cores
 
 LOSS_PLOT_NAME = "loss.png"
 
@@ -147,7 +147,7 @@ class PredictionImageWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        from dae.images import from_unit_tensor, write_image
+        from dae.data.images import from_unit_tensor, write_image
 
         folder = self.folder(trainer)
         indices = batch_indices or range(batch_idx * len(prediction), (batch_idx + 1) * len(prediction))
@@ -291,7 +291,7 @@ class NonFiniteLossStop(L.Callback):
 
 
 class CoreShareCallback(L.Callback):
-    """Re-checks this process's share of the CPU cores (``dae.threads``) every ``interval`` seconds of training,
+    """Re-checks this process's share of the CPU cores (``dae.training.threads``) every ``interval`` seconds of training,
     so that a run started first gives cores to runs started after it, and takes them back when they end."""
 
     def __init__(self, interval: float = 2.0) -> None:

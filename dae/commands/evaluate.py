@@ -27,11 +27,19 @@ import torch
 from torch import Tensor
 
 from dae.baselines import BASELINES, Baseline, available_baselines
-from dae.data import DATASETS, InMemoryDataModule, MNISTDataModule
-from dae.image_folder import ImageFolderDataModule, load_image_folder
-from dae.inference import add_allow_class_option, load_checkpoint, load_model, resolve_checkpoint
-from dae.module import DenoisingModule, image_metrics, to_unit_float
+from dae.data.folders import ImageFolderDataModule, load_image_folder
+from dae.data.memory import InMemoryDataModule
+from dae.data.mnist import DATASETS, MNISTDataModule
+from dae.inference.loading import (
+    add_allow_class_option,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint,
+)
+from dae.module import DenoisingModule, image_metrics
+from dae.moved import current_name
 from dae.noise import GaussianNoise
+from dae.pixels import to_unit_float
 from dae.seeding import torch_generator
 
 DEFAULT_STDS = (0.1, 0.25, 0.5)
@@ -215,14 +223,14 @@ def _network_methods(paths: Sequence[str], batch_size: int,
 # The data modules a checkpoint may name, by class path; a lookup, not an import: checkpoints may be anyone's.
 DATA_MODULES: dict[str, type[InMemoryDataModule]] = {
     "dae.data.MNISTDataModule": MNISTDataModule,
-    "dae.image_folder.ImageFolderDataModule": ImageFolderDataModule,
+    "dae.data.ImageFolderDataModule": ImageFolderDataModule,
 }
 
 
 def data_module(hparams: dict[str, Any], dataset: str | None = None, data_dir: str | None = None) -> InMemoryDataModule:
     """The data module a checkpoint was trained with (its ``datamodule_hyper_parameters``), its files read from
     ``data_dir`` if given; ``dataset`` picks another MNIST-format set (MNIST-format checkpoints only)."""
-    class_path = hparams.get("_class_path", "dae.data.MNISTDataModule")
+    class_path = current_name(hparams.get("_class_path", "dae.data.MNISTDataModule"))
     cls = DATA_MODULES.get(class_path)
     if cls is None:
         raise ValueError(f"the checkpoint's data module {class_path} is not one dae evaluate knows: "

@@ -9,7 +9,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import torch
 
 PREFIX = "builtin:"
 # name -> checkpoint file in this package
@@ -29,19 +28,3 @@ def builtin_checkpoint(name: str) -> Path:
         known = ", ".join(PREFIX + n for n in BUILTIN_MODELS)
         raise ValueError(f"{name}: no such built-in model; dae ships {known}")
     return Path(str(resources.files(__name__) / BUILTIN_MODELS[short]))
-
-
-# What using a trained model needs; the rest of a training checkpoint (optimizer state, callbacks, loops) is
-# for resuming the training.
-MODEL_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "pytorch-lightning_version")
-
-
-def slim_checkpoint(source: str | Path, target: str | Path) -> Path:
-    """Write the weights and hyper-parameters of the dae checkpoint ``source`` alone to ``target``, a file that
-    ``dae denoise``, ``dae evaluate`` and ``dae export`` use like the original (about a third of its size)."""
-    from dae.inference import load_checkpoint, resolve_checkpoint  # inference resolves builtin: names here
-
-    ckpt = load_checkpoint(resolve_checkpoint(source))
-    target = Path(target)
-    torch.save({key: ckpt[key] for key in MODEL_KEYS if key in ckpt}, target)
-    return target

@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from dae.checkpointing import LAST_NAME
+from dae.moved import current_names
+from dae.training.checkpointing import LAST_NAME
 
 CONFIG_NAME = "config.yaml"
 LOCK_NAME = "run.lock"
@@ -69,8 +70,9 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved: dict, current: dict, ignored: tuple[str, ...] = IGNORED) -> list[str]:
     """``key: saved -> current`` for each setting that both configs have and that differs, ``ignored`` keys (and
-    the keys under them) aside. Settings only one side has (options added to or removed from dae) are not compared."""
-    a, b = flatten(saved), flatten(current)
+    the keys under them) aside. Settings only one side has (options added to or removed from dae) are not compared,
+    and a class named by its path from before dae's modules moved is the same class."""
+    a, b = flatten(current_names(saved)), flatten(current_names(current))
 
     def compared(key: str) -> bool:
         return not any(key == k or key.startswith(f"{k}.") for k in ignored)

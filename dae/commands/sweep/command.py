@@ -19,12 +19,17 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import TrialState
 
-from dae.cli import user_error
-from dae.sweep.report import summary
-from dae.sweep.spec import SweepSpec, load_spec
-from dae.sweep.study import JOURNAL_NAME, WorkerLock, fail_dead_trials, make_storage
-from dae.sweep.checks import base_values, check_keys, check_metric
-from dae.sweep.trial import run_trial
+from dae.commands.cli import user_error
+from dae.commands.sweep.checks import base_values, check_keys, check_metric
+from dae.commands.sweep.report import summary
+from dae.commands.sweep.spec import SweepSpec, load_spec
+from dae.commands.sweep.study import (
+    JOURNAL_NAME,
+    WorkerLock,
+    fail_dead_trials,
+    make_storage,
+)
+from dae.commands.sweep.trial import run_trial
 
 DEFAULT_ROOT = Path("sweeps")
 

@@ -1,4 +1,4 @@
-"""Using a trained model: checkpoint loading, and denoising images of any size and channel count.
+"""Loading a trained model: resolving what names a checkpoint, reading it safely, and building its classes.
 
 Checkpoints are loaded here for everything outside Lightning's own resume. A checkpoint may come from someone
 else, so it is read with ``torch.load(weights_only=True)``: tensors and plain data only, never pickled code.
@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from dae.pretrained import builtin_checkpoint, is_builtin
+from dae.inference.pretrained import builtin_checkpoint, is_builtin
 
 if TYPE_CHECKING:  # imported where a checkpoint is loaded: denoising a tensor needs no Lightning
     from dae.module import DenoisingModule
@@ -55,7 +53,7 @@ def _best_from_last(last: Path, candidates: list[Path]) -> Path | None:
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A ``.ckpt`` file as given, a run folder's best checkpoint, or a model shipped with dae (``builtin:NAME``,
-    see ``dae.pretrained``).
+    see ``dae.inference.pretrained``).
 
     A run folder (``lightning_logs/version_N``, or its ``checkpoints/`` folder) resolves to
     ``checkpoints/best-*.ckpt``; when a run kept several, the one its ``last.ckpt`` records as best (else
@@ -137,10 +135,15 @@ def is_known_class(name: str, allow: Iterable[str] = ()) -> bool:
     if name in set(allow):
         return True
     module, _, attribute = name.rpartition(".")
-    if module not in KNOWN_MODULES:
+    if not any(module == known or module.startswith(known + ".") for known in KNOWN_MODULES):
         return False
-    obj = getattr(importlib.import_module(module), attribute, None)
-    return isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module
+    try:
+        obj = getattr(importlib.import_module(module), attribute, None)
+    except ImportError:
+        return False
+    # Defined in that module, or in a module of that package (dae.nets.UNet, defined in dae.nets.unet).
+    defined_there = isinstance(obj, type) and (obj.__module__ == module or obj.__module__.startswith(module + "."))
+    return defined_there and issubclass(obj, nn.Module)
 
 
 def check_known_classes(config: dict[str, Any], path: Path, allow: Iterable[str] = ()) -> None:
@@ -237,183 +240,15 @@ def load_network(path: str | os.PathLike, map_location: str | torch.device = "cp
     return net.to(map_location).eval()
 
 
-def input_size(net: nn.Module) -> tuple[int, int] | None:
-    """The (height, width) a network takes, from its ``input_size`` attribute; None: fully convolutional.
-
-    The rule is explicit on purpose: a net that only takes one size (the baseline ``ConvAutoencoder``: 28x28)
-    declares ``input_size`` and gets overlapping tiles; every other net gets the whole image.
-    """
-    size = getattr(net, "input_size", None)
-    return None if size is None else (int(size[0]), int(size[1]))
+# What using a trained model needs; the rest of a training checkpoint (optimizer state, callbacks, loops) is
+# for resuming the training.
+MODEL_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "pytorch-lightning_version")
 
 
-# Tile origins lie on multiples of this (where the stride allows), so that a network that pools (the U-Net halves
-# the resolution up to 5 times) sees the same pooling grid in every tile as on the whole image.
-TILE_ALIGN = 32
-# Without a batch size, a forward pass takes as many tiles as hold about this many pixels (one tile of 256x256, 83
-# of 28x28): the activations of a tile batch are most of what denoising a big image holds beyond the image itself.
-PIXELS_PER_PASS = 1 << 16
-
-
-def receptive_radius(net: nn.Module, like: Tensor) -> int:
-    """How far (in pixels) an output pixel of ``net`` looks, as far as a batch shaped like ``like`` (1, C, H, W)
-    shows: the farthest input pixel on which the centre output pixel's gradient is not zero."""
-    probe = torch.rand(like.shape, dtype=like.dtype, device=like.device, requires_grad=True)
-    centre = (like.shape[-2] // 2, like.shape[-1] // 2)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(net(probe)[0, :, centre[0], centre[1]].sum(), probe)
-    reached = grad.abs().sum((0, 1)).nonzero()
-    return int((reached - torch.tensor(centre, device=reached.device)).abs().max()) if len(reached) else 0
-
-
-def tile_weights(starts: list[int], tile: int, ramp: int) -> list[Tensor]:
-    """Blending weights of each tile's pixels along one side, for tiles of ``tile`` pixels at ``starts``.
-
-    Where two tiles overlap, the first hands over to the second at the middle of the overlap: at once when
-    ``ramp`` is 0, so that each pixel comes from the tile that sees the most context around it (at least half
-    the overlap on each side), else linearly over ``ramp`` pixels, so that tiles fade into each other.
-    """
-    def later_share(x: Tensor, middle: float) -> Tensor:
-        return ((x - middle) / ramp + 0.5).clamp(0, 1) if ramp > 0 else (x >= middle).float()
-
-    weights = []
-    for i, start in enumerate(starts):
-        x = start + torch.arange(tile) + 0.5  # pixel centres
-        weight = torch.ones(tile)
-        if i > 0:
-            weight *= later_share(x, (starts[i - 1] + tile + start) / 2)
-        if i + 1 < len(starts):
-            weight *= 1 - later_share(x, (start + tile + starts[i + 1]) / 2)
-        weights.append(weight)
-    return weights
-
-
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Where tiles of ``tile`` pixels start along a side of ``size``: every ``stride`` pixels, the last one
-    ending at most ``TILE_ALIGN - 1`` pixels past the image (padded) so that it keeps the alignment."""
-    if size <= tile:
-        return [0]
-    align = math.gcd(stride, TILE_ALIGN)
-    starts = list(range(0, size - tile, stride))
-    return [*starts, -(-(size - tile) // align) * align]
-
-
-def _tile(images: Tensor, top: int, left: int, th: int, tw: int) -> Tensor:
-    """The tile at (top, left), padded (reflected) at the bottom and right where it reaches past the image."""
-    tile = images[..., top : top + th, left : left + tw]
-    pad_h, pad_w = th - tile.shape[-2], tw - tile.shape[-1]
-    if not pad_h and not pad_w:
-        return tile
-    mode = "reflect" if pad_h < tile.shape[-2] and pad_w < tile.shape[-1] else "replicate"  # reflect: pad < side
-    return F.pad(tile, (0, pad_w, 0, pad_h), mode=mode)
-
-
-def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], margin: int,
-                  batch_size: int | None = None, fixed_size: bool = True) -> Tensor:
-    """Run ``net`` over overlapping tiles of ``images`` (N, C, H, W) and put the results together (any H, W).
-
-    Tiles step by ``tile - 2 * margin``, so neighbours overlap by ``2 * margin`` pixels. ``fixed_size``: the
-    network takes only ``tile`` (an image smaller than a tile is padded), and overlapping tiles fade into each
-    other over the whole overlap. Otherwise (fully convolutional networks) a tile shrinks to an image side
-    smaller than it, and each pixel comes from the tile in which it lies at least ``margin`` pixels from the
-    edge: the same result as the whole image when ``margin`` covers the network's receptive field.
-
-    Tiles go through the network ``batch_size`` at a time (default: about ``PIXELS_PER_PASS`` pixels) and go
-    straight into the result (blended tiles: into running sums of outputs and weights), so memory holds the
-    image, its result (and the weights) and one batch of tiles, never all tiles at once.
-    """
-    n_images, channels, height, width = images.shape
-    th, tw = tile if fixed_size else (min(tile[0], height), min(tile[1], width))
-    margin_h, margin_w = (min(margin, (side - 1) // 2) for side in (th, tw))
-    rows = tile_starts(height, th, th - 2 * margin_h)
-    cols = tile_starts(width, tw, tw - 2 * margin_w)
-    row_weights = tile_weights(rows, th, 2 * margin_h if fixed_size else 0)
-    col_weights = tile_weights(cols, tw, 2 * margin_w if fixed_size else 0)
-    if batch_size is None:
-        batch_size = max(1, PIXELS_PER_PASS // (th * tw))
-    out = torch.zeros_like(images)
-    # Blended tiles add up weighted; otherwise the weights are 0 or 1 and each pixel is copied from its one tile.
-    weights = torch.zeros(height, width, dtype=images.dtype, device=images.device) if fixed_size else None
-    places = [(n, i, j) for n in range(n_images) for i in range(len(rows)) for j in range(len(cols))]
-    for first in range(0, len(places), batch_size):
-        chunk = places[first : first + batch_size]
-        batch = torch.stack([_tile(images[n], rows[i], cols[j], th, tw) for n, i, j in chunk])
-        result = net(batch)
-        if result.shape != batch.shape:
-            raise ValueError(f"the network turned a {tuple(batch.shape)} batch of tiles into {tuple(result.shape)}")
-        for (n, i, j), piece in zip(chunk, result):
-            top, left = rows[i], cols[j]
-            h, w = min(th, height - top), min(tw, width - left)
-            if weights is None:
-                r, c = _owned(row_weights[i][:h]), _owned(col_weights[j][:w])
-                out[n, :, top + r.start : top + r.stop, left + c.start : left + c.stop] = piece[:, r, c]
-                continue
-            window = torch.outer(row_weights[i][:h], col_weights[j][:w]).to(images)
-            out[n, :, top : top + h, left : left + w] += piece[:, :h, :w] * window
-            if n == 0:  # every image has the same tiles
-                weights[top : top + h, left : left + w] += window
-    return out if weights is None else out.div_(weights)
-
-
-def _owned(weight: Tensor) -> slice:
-    """The pixels a tile hands on, where its 0-or-1 weight along one side is 1 (one run of them, maybe empty)."""
-    ones = weight.nonzero()
-    return slice(int(ones[0]), int(ones[-1]) + 1) if len(ones) else slice(0, 0)
-
-
-@torch.no_grad()
-def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, tile: int | None = None,
-                  margin: int | None = None) -> Tensor:
-    """Denoise one (C, H, W) image in [0, 1] of any size; returns a (C, H, W) float tensor on its device.
-
-    Colour images through a 1-channel network go one channel at a time; a gray image through a colour
-    network is repeated over its channels and the outputs averaged. Values are not clipped.
-
-    A network with an ``input_size`` runs over half-overlapping tiles of that size, blended into each other.
-    ``tile`` runs a fully convolutional network over ``tile x tile`` tiles instead of the whole image, so that
-    memory is bounded by the tile: tiles overlap by ``2 * margin`` pixels and each pixel comes from the tile in
-    which it lies at least ``margin`` pixels from the edge. The default margin is the network's receptive
-    radius (then tiles give exactly the whole image's result), at most ``tile // 32``, so that the compute is
-    about ``(tile / (tile - 2 * margin))**2``, at most 1.14 times the whole image's (plus the last tiles' padding).
-    ``batch_size`` tiles go through the network at a time (default: about ``PIXELS_PER_PASS`` pixels).
-    """
-    net_channels = getattr(net, "in_channels", image.shape[0])
-    channels = image.shape[0]
-    if channels == net_channels:
-        batch = image[None]
-    elif net_channels == 1:
-        batch = image[:, None]  # each channel as its own gray image
-    elif channels == 1:
-        batch = image.expand(net_channels, -1, -1)[None]
-    else:
-        raise ValueError(f"the network takes {net_channels} channels; an image with {channels} cannot be mapped")
-    size = input_size(net)
-    if tile is not None and size is not None:
-        raise ValueError(f"the network takes {size[0]}x{size[1]} inputs and is tiled at that size; "
-                         "a tile size is for fully convolutional networks")
-    if tile is not None and tile < 1:
-        raise ValueError(f"tile must be >= 1 pixel, got {tile}")
-    if margin is not None and margin < 0:
-        raise ValueError(f"margin must be >= 0 pixels, got {margin}")
-    if size is not None:
-        out = denoise_tiled(net, batch, size, min(size) // 4 if margin is None else margin, batch_size)
-    elif tile is not None:
-        if margin is None:
-            # A reach of more than the cap needs no measuring: a probe twice the cap (kept on the pooling grid,
-            # so that the centre pixel sees what a tile's would) takes a small part of a tile's memory and time
-            # for its forward and backward pass.
-            cap = tile // 32
-            side = min(tile, -(-(2 * cap + 2) // (2 * TILE_ALIGN)) * 2 * TILE_ALIGN)
-            probe = (1, batch.shape[1], min(side, batch.shape[2]), min(side, batch.shape[3]))
-            margin = min(cap, receptive_radius(net, batch.new_empty(probe)))
-        out = denoise_tiled(net, batch, (tile, tile), margin, batch_size, fixed_size=False)
-    else:
-        out = net(batch)
-    if out.shape != batch.shape:
-        raise ValueError(
-            f"the network turned a {tuple(batch.shape)} batch into {tuple(out.shape)}; a net that only takes "
-            "one size must declare it as an input_size attribute so that images are tiled"
-        )
-    if channels == net_channels:
-        return out[0]
-    return out[:, 0] if net_channels == 1 else out[0].mean(0, keepdim=True)
+def slim_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Write the weights and hyper-parameters of the dae checkpoint ``source`` alone to ``target``, a file that
+    ``dae denoise``, ``dae evaluate`` and ``dae export`` use like the original (about a third of its size)."""
+    ckpt = load_checkpoint(resolve_checkpoint(source))
+    target = Path(target)
+    torch.save({key: ckpt[key] for key in MODEL_KEYS if key in ckpt}, target)
+    return target

@@ -20,10 +20,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from dae.data import ImageTensorDataset, InMemoryDataModule
-from dae.sampling import KeyedEpochSampler
+from dae.data.images import read_image_tensor
+from dae.data.memory import ImageTensorDataset, InMemoryDataModule
+from dae.data.sampling import KeyedEpochSampler
 from dae.seeding import numpy_generator
-from dae.images import read_image_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _NAMED_IN_WARNING = 5
@@ -34,7 +34,7 @@ def decode_image(path: Path, channels: int) -> Tensor:
 
     Colour images are turned gray (ITU-R 601 luma) or gray ones repeated into RGB as ``channels`` asks;
     alpha is dropped; 16-bit images are scaled to 8 bits. Raises ``ImageFileError`` naming the file when
-    it is not a readable image (see ``dae.images.read_image``, the project's one image reader).
+    it is not a readable image (see ``dae.data.images.read_image``, the project's one image reader).
     """
     return read_image_tensor(path, channels)
 
@@ -111,7 +111,7 @@ class RandomPatchDataset(Dataset):
     each mirrored or not), drawn with its position: the standard augmentation of denoising training, which
     changes no pixel value and keeps the crop's size.
 
-    Items are asked for by ``(seed, epoch, index)`` keys (``dae.sampling.KeyedEpochSampler``), and each crop's
+    Items are asked for by ``(seed, epoch, index)`` keys (``dae.data.sampling.KeyedEpochSampler``), and each crop's
     position is drawn from a generator seeded by its key alone: the same crop in any worker process and when a run
     resumes, a fresh one every epoch, and different ones on DDP ranks (which take different indices).
     """

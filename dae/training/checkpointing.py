@@ -1,7 +1,7 @@
 """Checkpoints that survive a killed, preempted or disk-starved job: atomic writes, and last.ckpt on SIGTERM.
 
 ``last.ckpt`` itself is written by Lightning's ``ModelCheckpoint`` (every N optimizer steps, and at each epoch end;
-see ``dae.cli.DEFAULT_CALLBACKS``); this module adds what it leaves out:
+see ``dae.commands.cli.DEFAULT_CALLBACKS``); this module adds what it leaves out:
 
 * Lightning's own atomic save stages the file in the system temp folder and moves it into place, which is a
   plain copy (not atomic) whenever the temp folder is on another file system, and a killed job leaves the

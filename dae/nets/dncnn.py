@@ -1,0 +1,38 @@
+"""A DnCNN-style denoiser: a plain stack of 3x3 convolutions at full resolution."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from dae.nets.checks import check_sizes
+
+
+class DnCNN(nn.Module):
+    """A DnCNN-style denoiser (Zhang et al. 2017): ``depth`` 3x3 convolutions at full resolution.
+
+    Conv+ReLU, then ``depth - 2`` Conv+BatchNorm+ReLU layers of ``width`` channels, then a Conv back to the
+    image channels. With ``residual`` (the DnCNN way) it predicts the noise and returns ``noisy - noise``.
+    Its receptive field is ``2 * depth + 1`` pixels wide; any image size works.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, depth: int = 8, width: int = 32, residual: bool = True, batch_norm: bool = True
+    ) -> None:
+        super().__init__()
+        check_sizes(in_channels, width=width)
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2 (first and last convolution), got {depth}")
+        self.in_channels = in_channels
+        self.residual = residual
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Conv2d(width, in_channels, 3, padding=1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layers(x)
+        return x - out if self.residual else out
