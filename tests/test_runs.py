@@ -4,6 +4,7 @@ and a run is trained by one process at a time."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 
 from dae.commands import main
 from dae.commands.cli import RESUME_IGNORES
-from dae.training.runs import config_differences
+from dae.training.runs import RunLock, config_differences
 from tests.conftest import dae_subprocess, fit_args, run_dae
 
 SHORT = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_model_summary=false")
@@ -146,6 +147,37 @@ def test_a_second_process_resuming_a_run_in_use_refuses(mnist_dir, tmp_path):
     code, out = run_dae(tmp_path, args)
     assert code == 0, out
     assert last_step(tmp_path / "lightning_logs" / "version_0") == 6
+
+
+def hold_run_lock(run: Path, held, done) -> None:
+    """Hold ``run``'s lock, as a fit does from choosing its folder on, until ``done`` is set."""
+    lock = RunLock(run)
+    lock.acquire()
+    held.set()
+    done.wait(timeout=300)
+    lock.release()
+
+
+@pytest.mark.slow
+def test_a_refused_start_leaves_the_lock_of_the_process_that_holds_it(mnist_dir, tmp_path, monkeypatch, capsys):
+    """Another process holds a named run that has nothing in it yet (it is still starting): every further start of
+    that run is refused, and a refused one leaves the holder's folder and run.lock as they are."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "lightning_logs" / "shared"
+    run.mkdir(parents=True)
+    spawn = multiprocessing.get_context("spawn")
+    held, done = spawn.Event(), spawn.Event()
+    holder = spawn.Process(target=hold_run_lock, args=(run, held, done))
+    holder.start()
+    try:
+        assert held.wait(timeout=120)
+        for _ in range(2):
+            code, err = run_cli(fit_args(mnist_dir, *SHORT, "--trainer.logger.init_args.version=shared"), capsys)
+            assert code == 2 and "lightning_logs/shared is in use by another dae process" in err, err
+            assert [p.name for p in run.iterdir()] == ["run.lock"]
+    finally:
+        done.set()
+        holder.join(timeout=60)
 
 
 FAILED_STARTS = {

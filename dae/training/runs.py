@@ -156,6 +156,7 @@ class RunLock:
     """An exclusive lock on a run folder (``run.lock``, ``flock``) for as long as this process trains in it.
 
     The operating system releases it when the process ends, however it ends, so a killed job leaves no stale lock.
+    ``run.lock`` itself stays: whether a process holds it counts, not whether it exists.
     """
 
     def __init__(self, run: Path) -> None:
@@ -172,11 +173,20 @@ class RunLock:
             ) from None
 
     def release(self) -> None:
-        """Unlock; a folder that got nothing but the lock (the run failed before writing) is removed again."""
-        self.lock.release()
-        if not holds_a_run(self.run):
-            (self.run / LOCK_NAME).unlink(missing_ok=True)
-            remove_if_empty(self.run)
+        """Unlock, if this process holds the lock (a process refused by ``acquire`` leaves the holder's alone).
+
+        A folder that got nothing but the lock (the run failed before writing) is removed first, while the lock is
+        still held: no other process holds ``run.lock`` then, and one that opened it a moment before and locks it
+        after this release finds it unlinked, which filelock reports as a lock not acquired.
+        """
+        if not self.lock.is_locked:
+            return
+        try:
+            if not holds_a_run(self.run):
+                (self.run / LOCK_NAME).unlink(missing_ok=True)
+                remove_if_empty(self.run)
+        finally:
+            self.lock.release()
 
 
 def remove_if_empty(folder: Path) -> None:
