@@ -151,6 +151,18 @@ def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temp file left behind
 
 
+def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
+    """Teammates sharing a run folder can read its checkpoints when the umask lets them, as for any file."""
+    previous = os.umask(0o022)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, tmp_path / "last.ckpt")
+        (tmp_path / "plain").touch()
+    finally:
+        os.umask(previous)
+    assert oct((tmp_path / "last.ckpt").stat().st_mode & 0o777) == "0o644"
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_before_that_step_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch,
                                                                              capsys):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from dae.files import replaced_whole
 
 LAST_NAME = "last.ckpt"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -64,7 +65,8 @@ def disk_full_message(folder: Path, what: str, runs: Path, kept: str = "the file
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a local checkpoint to a temporary file in the target's folder, then renames it over the target.
+    """Writes a local checkpoint to a temporary file in the target's folder, then renames it over the target
+    (``dae.files.replaced_whole``), with the permissions a plain ``open`` would give.
 
     A reader (or a resumed run) therefore sees either the previous complete file or the new complete file,
     never a truncated one, even when the process is killed mid-write. A write that fails removes its temporary
@@ -75,16 +77,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with replaced_whole(path) as temporary, open(temporary, "wb") as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-            os.replace(tmp, path)
         except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
             if is_disk_full(e):
                 kept = f"the previous {path.name} is intact" if path.exists() else "the files written before are intact"
                 message = disk_full_message(path.parent, path.name, path.parent.parent.parent, kept)
