@@ -1,5 +1,6 @@
 """``dae export``: ONNX and TorchScript files that match PyTorch for any batch size."""
 
+import os
 import sys
 
 import numpy as np
@@ -58,3 +59,29 @@ def test_export_refuses_a_corrupt_checkpoint(tmp_path, capsys):
         main(["export", "--ckpt", str(tmp_path / "bad.ckpt"), "--format", "torchscript", "-o", str(tmp_path / "m.pt")])
     assert "bad.ckpt: cannot load this checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_failed_parity_check_keeps_the_previous_export(trained_run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "dae.pt"
+    args = ["export", "--ckpt", str(trained_run), "--format", "torchscript", "-o", str(out)]
+    assert main(args) == 0
+    good = out.read_bytes()
+    monkeypatch.setattr("dae.commands.export.PARITY_TOLERANCE", -1.0)  # no export passes the check
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "differs from PyTorch by up to" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["dae.pt"]  # no temporary file left beside it
+    assert out.read_bytes() == good
+
+
+def test_an_export_gets_the_permissions_of_any_new_file(trained_run, tmp_path):
+    """Not only its owner may read it: the umask decides, as for a file that open() creates."""
+    previous = os.umask(0o002)
+    try:
+        out = tmp_path / "dae.pt"
+        assert main(["export", "--ckpt", str(trained_run), "--format", "torchscript", "-o", str(out)]) == 0
+        (tmp_path / "plain").touch()
+    finally:
+        os.umask(previous)
+    assert oct(out.stat().st_mode & 0o777) == oct((tmp_path / "plain").stat().st_mode & 0o777) == "0o664"

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dae.files import replaced_whole
 from dae.inference.loading import CheckpointError, add_allow_class_option, load_network
 from dae.inference.tiling import input_size
 
@@ -82,8 +83,8 @@ def parity(net: nn.Module, path: Path, fmt: str, shape: tuple[int, int, int], se
         expected = net(batch)
         got = run_exported(path, fmt, batch)
         if got.shape != expected.shape:
-            raise RuntimeError(f"{path}: the exported model gave shape {tuple(got.shape)} for a batch of "
-                               f"{batch_size}, PyTorch {tuple(expected.shape)}")
+            raise RuntimeError(f"the exported model gave shape {tuple(got.shape)} for a batch of {batch_size}, "
+                               f"PyTorch {tuple(expected.shape)}")
         worst = max(worst, (got - expected).abs().max().item())
     return worst
 
@@ -97,21 +98,25 @@ def export_shape(net: nn.Module, size: tuple[int, int] | None = None) -> tuple[i
 def export_model(net: nn.Module, fmt: str, out: str | os.PathLike, size: tuple[int, int] | None = None) -> float:
     """Export ``net`` (on the CPU, eval mode) to ``out`` and return the parity check's max abs difference.
 
-    Raises ``RuntimeError`` (and deletes the file) when the difference exceeds ``PARITY_TOLERANCE``.
+    The export goes to a temporary file beside ``out`` and replaces ``out`` only once the check has passed.
+    Raises ``RuntimeError`` when the export or the check fails (a difference above ``PARITY_TOLERANCE``), and
+    leaves ``out`` as it was.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     net = net.cpu().eval()
     shape = export_shape(net, size)
     example = torch.rand(EXPORT_BATCH, *shape, generator=torch.Generator().manual_seed(1))
-    (export_onnx if fmt == "onnx" else export_torchscript)(net, example, out)
-    worst = parity(net, out, fmt, shape)
-    if worst > PARITY_TOLERANCE:
-        out.unlink()
-        raise RuntimeError(f"{out}: the exported model differs from PyTorch by up to {worst:.3g} "
-                           f"(tolerance {PARITY_TOLERANCE}); the file was deleted")
+    with replaced_whole(out) as exported:
+        (export_onnx if fmt == "onnx" else export_torchscript)(net, example, exported)
+        try:
+            worst = parity(net, exported, fmt, shape)
+            if worst > PARITY_TOLERANCE:
+                raise RuntimeError(f"the exported model differs from PyTorch by up to {worst:.3g} "
+                                   f"(tolerance {PARITY_TOLERANCE})")
+        except RuntimeError as e:
+            kept = "the previous file is kept" if Path(out).exists() else "nothing was written"
+            raise RuntimeError(f"{out}: {e}; {kept}") from e
     return worst
 
 
