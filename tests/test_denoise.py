@@ -241,6 +241,44 @@ def test_missing_and_non_image_inputs_are_reported_and_the_rest_processed(traine
     assert sorted(p.name for p in out.rglob("*")) == ["good.png"]
 
 
+COLLIDING = {
+    "NAME and NAME_compare": ("x.png", "x_compare.png"),
+    "one name, two formats": ("a.png", "a.tif"),
+}
+
+
+@pytest.mark.parametrize("names", COLLIDING.values(), ids=COLLIDING.keys())
+def test_inputs_whose_outputs_collide_stop_the_run_before_it_writes(names, trained_run, tmp_path, capsys):
+    for name in names:
+        write_image(tmp_path / "in" / name, clean_gray()[..., None])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["denoise", "--ckpt", str(trained_run), str(tmp_path / "in"), "-o", str(out), "--compare"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert f"{tmp_path / 'in' / names[0]} and {tmp_path / 'in' / names[1]} would both be written to" in err[0]
+    assert not out.exists()
+
+
+def test_outputs_over_the_inputs_stop_the_run_before_it_writes(trained_run, tmp_path, capsys):
+    write_image(tmp_path / "in" / "x.png", clean_gray()[..., None])
+    before = (tmp_path / "in" / "x.png").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["denoise", "--ckpt", str(trained_run), str(tmp_path / "in"), "-o", str(tmp_path / "in")])
+    assert exit_info.value.code == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["x.png"]
+    assert (tmp_path / "in" / "x.png").read_bytes() == before
+
+
+def test_an_image_named_twice_is_denoised_once(trained_run, tmp_path):
+    write_image(tmp_path / "in" / "x.png", clean_gray()[..., None])
+    out = tmp_path / "out"
+    assert main(["denoise", "--ckpt", str(trained_run), str(tmp_path / "in"), str(tmp_path / "in" / "x.png"),
+                 "-o", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["x.png"]
+
+
 def test_bad_checkpoint_stops_denoise_with_its_name(tmp_path, capsys):
     (tmp_path / "model.ckpt").write_bytes(b"junk")
     with pytest.raises(SystemExit) as exit_info:

@@ -59,6 +59,35 @@ def collect_jobs(inputs: Sequence[str | Path]) -> tuple[list[Job], list[str]]:
     return jobs, errors
 
 
+def output_files(job: Job, out_dir: Path, compare: bool) -> list[Path]:
+    """Where a job's results go: the denoised image under its relative path, then ``NAME_compare.png`` with
+    ``compare``."""
+    target = out_dir / job.relative
+    return [target, target.with_name(target.stem + COMPARE_SUFFIX)] if compare else [target]
+
+
+def plan_outputs(jobs: Sequence[Job], out_dir: Path, compare: bool) -> list[Job]:
+    """The jobs, each input once (a file named both directly and in its folder is denoised once), after checking
+    that no two inputs write the same output file and that no output would overwrite an input.
+
+    Raises:
+        ValueError: one line naming the two inputs and the file, before anything is written.
+    """
+    planned = list({(job.source.resolve(), job.relative): job for job in jobs}.values())
+    inputs = {job.source.resolve(): job.source for job in planned}
+    claimed: dict[Path, Path] = {}
+    for job in planned:
+        for output in (path.resolve() for path in output_files(job, out_dir, compare)):
+            if output in inputs:
+                raise ValueError(f"{job.source}: its output {output} would overwrite the input {inputs[output]}; "
+                                 "choose an -o folder apart from the inputs")
+            if output in claimed:
+                raise ValueError(f"{claimed[output]} and {job.source} would both be written to {output}; denoise "
+                                 "them into separate -o folders, or rename one")
+            claimed[output] = job.source
+    return planned
+
+
 def add_gaussian_noise(image: torch.Tensor, std: float, seed: int) -> torch.Tensor:
     """``image + std * randn``, unclipped like the baseline's training noise, from a generator seeded by ``seed``."""
     generator = torch.Generator().manual_seed(seed)
@@ -99,11 +128,9 @@ class Denoiser:
             self.notices.add("the network takes one channel: colour images were denoised one channel at a time")
         denoised = denoise_image(self.net, color, self.batch_size, self.tile, self.margin).clamp(0, 1)
         result = torch.cat([denoised, image[-1:]]) if has_alpha else denoised
-        target = out_dir / job.relative
+        target, *compare = output_files(job, out_dir, self.compare)
         written = [write_image(target, from_unit_tensor(result, pixels.dtype))]
-        if self.compare:
-            compare = target.with_name(target.stem + COMPARE_SUFFIX)
-            written.append(write_image(compare, side_by_side(color, denoised)))
+        written.extend(write_image(path, side_by_side(color, denoised)) for path in compare)
         return written
 
 
@@ -160,6 +187,12 @@ def denoise_command(argv: Sequence[str]) -> int:
         parser.error(f"--tile-margin needs --tile N and must lie in [0, N/2), got {args.tile_margin}")
     if args.add_noise is not None and not args.add_noise >= 0:
         parser.error(f"--add-noise must be a std >= 0, got {args.add_noise}")
+    out_dir = Path(args.output)
+    jobs, errors = collect_jobs(args.inputs)
+    try:
+        jobs = plan_outputs(jobs, out_dir, args.compare)
+    except ValueError as e:
+        parser.exit(2, f"dae denoise: error: {e}\n")
     try:
         device = pick_device(args.device)
         net = load_network(args.ckpt, map_location=device, allow_classes=args.allow_class)
@@ -172,17 +205,10 @@ def denoise_command(argv: Sequence[str]) -> int:
     how = (f"{size[0]}x{size[1]} tiles" if size else f"{args.tile}x{args.tile} tiles (--tile)" if args.tile
            else "whole images (fully convolutional)")
     print(f"network: {type(net).__name__} ({args.ckpt}) on {device}, {how}", file=sys.stderr)
-    jobs, errors = collect_jobs(args.inputs)
     denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
                         args.tile_margin)
-    out_dir, claimed, done = Path(args.output), {}, 0
+    done = 0
     for job in tqdm(jobs, desc="denoising", unit="image", disable=None if len(jobs) > 1 else True):
-        target = (out_dir / job.relative).resolve()
-        if target in claimed or target == job.source.resolve():
-            other = claimed.get(target, job.source)
-            errors.append(f"{job.source}: skipped, its output {target} would overwrite {other}")
-            continue
-        claimed[target] = job.source
         try:
             denoiser(job, out_dir)
             done += 1
