@@ -36,7 +36,8 @@ def test_fit_ends_by_scoring_the_test_split_with_the_best_checkpoint(mnist_dir, 
 
     assert f"test/psnr {saved['test/psnr']:.2f} dB" in out
     assert "Run folder: lightning_logs/version_0" in out
-    assert re.search(r"TensorBoard: \S*tensorboard --logdir lightning_logs/version_0\n", out), out
+    # The folder above the run, so that TensorBoard lists the run as version_0 (not ".") beside its siblings.
+    assert re.search(r"TensorBoard: \S*tensorboard --logdir lightning_logs\n", out), out
     url = re.search(r"open (http://localhost:6006/\S+)", out).group(1)
     pins = json.loads(urllib.parse.unquote(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["pinnedCards"][0]))
     assert [p["tag"] for p in pins] == list(PINNED_TAGS) and set(PINNED_TAGS) <= set(scalars)

@@ -1,15 +1,18 @@
-"""TensorBoard really serves a run: a ``tensorboard`` server on 127.0.0.1 answers with its data API."""
+"""TensorBoard really serves a run: the ``tensorboard`` command that ``dae fit`` prints, on 127.0.0.1, answers
+with its data API."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -49,23 +52,30 @@ def wait_for(fetch, ready, timeout: float = 90):
 
 @pytest.fixture(scope="module")
 def served(mnist_dir, tmp_path_factory):
-    """A two-epoch ``dae fit`` and a ``tensorboard --logdir lightning_logs`` serving it."""
+    """A two-epoch ``dae fit`` and the TensorBoard command it printed, serving it."""
     cwd = tmp_path_factory.mktemp("tb")
-    old = os.getcwd()
+    old, out = os.getcwd(), io.StringIO()
     os.chdir(cwd)
     try:
-        assert main(fit_args(mnist_dir)) == 0
+        with contextlib.redirect_stdout(out):
+            assert main(fit_args(mnist_dir)) == 0
     finally:
         os.chdir(old)
+    command = shlex.split(re.search(r"^TensorBoard: (.+)$", out.getvalue(), re.MULTILINE).group(1))
     port = free_port()
-    tensorboard = Path(sys.executable).with_name("tensorboard")
-    proc = subprocess.Popen([str(tensorboard), "--logdir", str(cwd / "lightning_logs"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield f"http://127.0.0.1:{port}", cwd / "lightning_logs" / "version_0"
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_the_printed_command_lists_the_run_by_its_folder_name(served):
+    url, _ = served
+    runs = wait_for(lambda: get(f"{url}/data/runs"), lambda r: bool(r))
+    assert runs == ["version_0"]
 
 
 def test_scalar_and_image_tags_are_served(served):
@@ -99,3 +109,4 @@ def test_hparams_tab_shows_the_settings_with_the_final_val_psnr(served):
     final_step, final_psnr = read_scalars(run)["val/psnr"][-1]
     assert metrics["val/psnr"]["trainingStep"] == final_step
     assert metrics["val/psnr"]["value"] == pytest.approx(final_psnr)
+

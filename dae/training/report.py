@@ -27,10 +27,12 @@ def shown_path(path: str | os.PathLike) -> str:
 
 
 def tensorboard_command(run_dir: str | os.PathLike) -> str:
-    """The command that serves ``run_dir`` in TensorBoard: the ``tensorboard`` installed beside this Python."""
+    """The command that serves ``run_dir`` in TensorBoard: the ``tensorboard`` installed beside this Python, on the
+    folder that holds the run, since TensorBoard names each run by its path below ``--logdir`` (``version_0``
+    there; the run folder itself would be listed as ``.``)."""
     executable = Path(sys.executable).with_name("tensorboard")
     program = shown_path(executable) if executable.is_file() else "tensorboard"
-    return f"{program} --logdir {shown_path(run_dir)}"
+    return f"{program} --logdir {shown_path(Path(run_dir).absolute().parent)}"
 
 
 def tensorboard_url(port: int = 6006) -> str:
