@@ -38,9 +38,11 @@ def test_fit_ends_by_scoring_the_test_split_with_the_best_checkpoint(mnist_dir, 
     assert "Run folder: lightning_logs/version_0" in out
     # The folder above the run, so that TensorBoard lists the run as version_0 (not ".") beside its siblings.
     assert re.search(r"TensorBoard: \S*tensorboard --logdir lightning_logs\n", out), out
-    url = re.search(r"open (http://localhost:6006/\S+)", out).group(1)
-    pins = json.loads(urllib.parse.unquote(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["pinnedCards"][0]))
-    assert [p["tag"] for p in pins] == list(PINNED_TAGS) and set(PINNED_TAGS) <= set(scalars)
+    url = urllib.parse.urlsplit(re.search(r"open (http://localhost:6006/\S+)", out).group(1))
+    assert url.fragment == "custom_scalars"  # the tab with train and val loss on one chart, val/psnr beside it
+    pins = json.loads(urllib.parse.unquote(urllib.parse.parse_qs(url.query)["pinnedCards"][0]))
+    # TIME SERIES pins the curves; test/psnr, a single point, is no curve to pin.
+    assert [p["tag"] for p in pins] == ["train/loss", "val/loss", "val/psnr"] and set(PINNED_TAGS) <= set(scalars)
 
 
 def test_test_after_fit_false_skips_the_test(mnist_dir, tmp_path, monkeypatch, capsys):

@@ -1,5 +1,5 @@
 """TensorBoard really serves a run: the ``tensorboard`` command that ``dae fit`` prints, on 127.0.0.1, answers
-with its data API."""
+with its data API; the event file holds the layout that leads with the curves."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 
 from dae.training.callbacks import read_scalars
 from dae.commands import main
@@ -109,4 +113,25 @@ def test_hparams_tab_shows_the_settings_with_the_final_val_psnr(served):
     final_step, final_psnr = read_scalars(run)["val/psnr"][-1]
     assert metrics["val/psnr"]["trainingStep"] == final_step
     assert metrics["val/psnr"]["value"] == pytest.approx(final_psnr)
+
+
+
+def event_file(run: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_custom_scalars_tab_leads_with_train_and_val_loss_on_one_chart_and_val_psnr_beside_it(served):
+    url, run = served
+    acc = event_file(run)
+    written = acc.Tensors("custom_scalars__config__")
+    assert len(written) == 1  # once per run
+    layout = layout_pb2.Layout.FromString(written[0].tensor_proto.string_val[0])
+    tags = set(read_scalars(run))
+    charts = [{tag for tag in tags if any(re.match(regex, tag) for regex in chart.multiline.tag)}
+              for chart in layout.category[0].chart]
+    assert charts == [{"train/loss", "val/loss"}, {"val/psnr"}]
+    plugins = wait_for(lambda: get(f"{url}/data/plugins_listing"), lambda p: p.get("custom_scalars", {}).get("enabled"))
+    assert plugins["custom_scalars"]["enabled"]
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Mapping
 
 TEST_METRICS_NAME = "test_metrics.json"
-# Cards pinned above all others by the printed TensorBoard link (TensorBoard reads pins from the URL).
-PINNED_TAGS = ("train/loss", "val/loss", "val/psnr", "test/psnr")
+# Cards pinned above all others on the TIME SERIES tab by the printed TensorBoard link (TensorBoard reads pins from
+# the URL): the curves, not test/psnr, a single point that a line chart draws as no line.
+PINNED_TAGS = ("train/loss", "val/loss", "val/psnr")
 
 
 def shown_path(path: str | os.PathLike) -> str:
@@ -36,9 +37,10 @@ def tensorboard_command(run_dir: str | os.PathLike) -> str:
 
 
 def tensorboard_url(port: int = 6006) -> str:
-    """The TensorBoard address that opens with the run's loss and PSNR curves pinned on top."""
+    """The TensorBoard address that opens on the CUSTOM SCALARS tab (train and val loss on one chart, val PSNR
+    beside it) and pins the same curves on top of the TIME SERIES tab."""
     pins = json.dumps([{"plugin": "scalars", "tag": tag} for tag in PINNED_TAGS], separators=(",", ":"))
-    return f"http://localhost:{port}/?pinnedCards={urllib.parse.quote(pins)}#timeseries"
+    return f"http://localhost:{port}/?pinnedCards={urllib.parse.quote(pins)}#custom_scalars"
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:
