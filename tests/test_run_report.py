@@ -8,6 +8,7 @@ import urllib.parse
 
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dae.training.callbacks import read_scalars
 from dae.commands import main
@@ -69,4 +70,8 @@ def test_test_and_validate_on_a_run_log_into_that_run(command, mnist_dir, tmp_pa
     stage = "test" if command == "test" else "val"
     assert len(after[f"{stage}/psnr"]) == len(before.get(f"{stage}/psnr", [])) + 1
     assert after["train/loss"] == before["train/loss"]  # the training curves are untouched
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    # dae test adds its numbers as a table to the run's TEXT tab; dae validate adds none.
+    assert ("test/text_summary" in acc.Tags()["tensors"]) == (command == "test")
     assert yaml.safe_load(config)["test_after_fit"] is False  # saved configs carry the option; test accepts it

@@ -1,5 +1,5 @@
 """TensorBoard really serves a run: the ``tensorboard`` command that ``dae fit`` prints, on 127.0.0.1, answers
-with its data API; the event file holds the layout that leads with the curves."""
+with its data API; the event file holds the layout that leads with the curves and the test numbers as one card."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 from dae.training.callbacks import read_scalars
 from dae.commands import main
+from dae.training.report import TEST_METRICS_NAME
 from tests.conftest import fit_args
 
 pytestmark = pytest.mark.slow  # every test here shares one real training run
@@ -100,7 +101,8 @@ def test_hparams_tab_shows_the_settings_with_the_final_val_psnr(served):
     assert {"model/lr", "model/weight_decay", "model/noise/init_args/std", "model/net/class_path",
             "data/batch_size", "data/dataset", "trainer/max_epochs", "seed"} <= names
     assert not any("_instantiator" in n or "_class_path" in n for n in names)
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["val/psnr", "val/ssim", "val/loss"]
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [
+        "val/psnr", "val/ssim", "val/loss", "test/psnr", "test/ssim", "test/loss"]
 
     groups = get(f"{url}/data/plugin/hparams/session_groups", {
         "experimentName": "", "startIndex": 0, "sliceSize": 10,
@@ -113,7 +115,6 @@ def test_hparams_tab_shows_the_settings_with_the_final_val_psnr(served):
     final_step, final_psnr = read_scalars(run)["val/psnr"][-1]
     assert metrics["val/psnr"]["trainingStep"] == final_step
     assert metrics["val/psnr"]["value"] == pytest.approx(final_psnr)
-
 
 
 def event_file(run: Path) -> EventAccumulator:
@@ -135,3 +136,23 @@ def test_custom_scalars_tab_leads_with_train_and_val_loss_on_one_chart_and_val_p
     plugins = wait_for(lambda: get(f"{url}/data/plugins_listing"), lambda p: p.get("custom_scalars", {}).get("enabled"))
     assert plugins["custom_scalars"]["enabled"]
 
+
+def test_test_numbers_are_a_text_card_and_hparams_metrics(served):
+    url, run = served
+    saved = json.loads((run / TEST_METRICS_NAME).read_text())
+    numbers = {tag: value for tag, value in saved.items() if tag.startswith("test/")}
+    acc = event_file(run)
+    [card] = acc.Tensors("test/text_summary")
+    text = card.tensor_proto.string_val[0].decode()
+    assert "best-epoch01-step6.ckpt" in text
+    for tag, value in numbers.items():
+        shown = f"{value:.2f} dB" if "psnr" in tag else f"{value:.4f}"  # as the summary printed after fit
+        assert f"| {tag} | {shown} |" in text, text
+
+    groups = wait_for(lambda: get(f"{url}/data/plugin/hparams/session_groups", {
+        "experimentName": "", "startIndex": 0, "sliceSize": 10,
+        "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_FAILURE", "STATUS_RUNNING"],
+    })["sessionGroups"], lambda g: g and len(g[0]["metricValues"]) == 6)
+    metrics = {m["name"]["tag"]: m["value"] for m in groups[0]["metricValues"]}
+    for tag in ("test/psnr", "test/ssim", "test/loss"):
+        assert metrics[tag] == pytest.approx(numbers[tag], rel=1e-6)

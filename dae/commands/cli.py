@@ -80,7 +80,7 @@ DEFAULT_CALLBACKS = {
     "image_grid": ("dae.training.callbacks.ImageGridCallback", {}, "val/images: clean, noisy and denoised validation images"),
     "loss_plot": ("dae.training.callbacks.LossPlotCallback", {}, "loss.png in the run folder at the end of fit"),
     "tensorboard_run": ("dae.training.callbacks.TensorBoardRunCallback", {},
-                        "TensorBoard's CUSTOM SCALARS layout, HPARAMS tab and restart marks"),
+                        "TensorBoard's CUSTOM SCALARS layout, HPARAMS tab, test card and restart marks"),
     "non_finite_loss_stop": ("dae.training.callbacks.NonFiniteLossStop", {}, "stop when the training loss is NaN or inf"),
     "prediction_writer": ("dae.training.callbacks.PredictionImageWriter", {}, "dae predict: the denoised images as PNGs"),
     "core_share": ("dae.training.callbacks.CoreShareCallback", {},

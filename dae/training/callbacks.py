@@ -1,6 +1,6 @@
-"""Callbacks: the image grid, the training-loss plot, the prediction PNG writer, TensorBoard's layout and
-hyperparameters, the stop on a non-finite loss, and the periodic re-check of the process's share of the CPU
-cores."""
+"""Callbacks: the image grid, the training-loss plot, the prediction PNG writer, TensorBoard's layout,
+hyperparameters and test card, the stop on a non-finite loss, and the periodic re-check of the process's share of
+the CPU cores."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from dae.training.report import metrics_card
 from dae.training.threads import reshare_cores
 
 LOSS_PLOT_NAME = "loss.png"
@@ -181,14 +182,17 @@ class TensorBoardRunCallback(L.Callback):
 
     * Lays out the CUSTOM SCALARS tab (``CURVES_LAYOUT``): train and val loss on one chart, val PSNR beside it.
     * Fills the HPARAMS tab with the model's, data's and main trainer settings beside ``metrics``; TensorBoard
-      shows each metric's latest value in the run, so the tab holds the final ``val/psnr``. (Lightning's own
-      ``log_hyperparams(params, metrics)`` would also log the metrics as scalars at step 0, a false first point
-      on every curve, so this writes only the hparams summaries.)
+      shows each metric's latest value in the run, so the tab holds the final ``val/psnr`` and, once the run is
+      tested, its ``test/psnr``. (Lightning's own ``log_hyperparams(params, metrics)`` would also log the metrics
+      as scalars at step 0, a false first point on every curve, so this writes only the hparams summaries.)
+    * Writes the numbers of every test as a table in the TEXT tab (``test/text_summary``), where single numbers
+      read better than as one-point charts.
     * When training resumes from a checkpoint, marks a restart at its step, so that TensorBoard drops what the
       interrupted run logged after that checkpoint instead of drawing those steps twice.
     """
 
-    def __init__(self, metrics: tuple[str, ...] = ("val/psnr", "val/ssim", "val/loss")) -> None:
+    def __init__(self, metrics: tuple[str, ...] = ("val/psnr", "val/ssim", "val/loss",
+                                                   "test/psnr", "test/ssim", "test/loss")) -> None:
         super().__init__()
         self.metrics = tuple(metrics)
 
@@ -222,6 +226,16 @@ class TensorBoardRunCallback(L.Callback):
         for experiment in self._experiments(trainer):  # the same event SummaryWriter(purge_step=...) writes
             experiment.file_writer.add_event(Event(step=trainer.global_step,
                                                    session_log=SessionLog(status=SessionLog.START)))
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {name: float(value) for name, value in sorted(trainer.callback_metrics.items())
+                   if name.startswith("test/")}
+        if not metrics:
+            return
+        card = metrics_card(metrics, trainer.ckpt_path)
+        for experiment in self._experiments(trainer):
+            experiment.add_text("test", card, global_step=trainer.global_step)
 
 
 class NonFiniteLossStop(L.Callback):
