@@ -8,6 +8,7 @@ import urllib.parse
 
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dae.training.callbacks import read_scalars
 from dae.commands import main
@@ -36,10 +37,13 @@ def test_fit_ends_by_scoring_the_test_split_with_the_best_checkpoint(mnist_dir, 
 
     assert f"test/psnr {saved['test/psnr']:.2f} dB" in out
     assert "Run folder: lightning_logs/version_0" in out
-    assert re.search(r"TensorBoard: \S*tensorboard --logdir lightning_logs/version_0\n", out), out
-    url = re.search(r"open (http://localhost:6006/\S+)", out).group(1)
-    pins = json.loads(urllib.parse.unquote(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["pinnedCards"][0]))
-    assert [p["tag"] for p in pins] == list(PINNED_TAGS) and set(PINNED_TAGS) <= set(scalars)
+    # The folder above the run, so that TensorBoard lists the run as version_0 (not ".") beside its siblings.
+    assert re.search(r"TensorBoard: \S*tensorboard --logdir lightning_logs\n", out), out
+    url = urllib.parse.urlsplit(re.search(r"open (http://localhost:6006/\S+)", out).group(1))
+    assert url.fragment == "custom_scalars"  # the tab with train and val loss on one chart, val/psnr beside it
+    pins = json.loads(urllib.parse.unquote(urllib.parse.parse_qs(url.query)["pinnedCards"][0]))
+    # TIME SERIES pins the curves; test/psnr, a single point, is no curve to pin.
+    assert [p["tag"] for p in pins] == ["train/loss", "val/loss", "val/psnr"] and set(PINNED_TAGS) <= set(scalars)
 
 
 def test_test_after_fit_false_skips_the_test(mnist_dir, tmp_path, monkeypatch, capsys):
@@ -66,4 +70,8 @@ def test_test_and_validate_on_a_run_log_into_that_run(command, mnist_dir, tmp_pa
     stage = "test" if command == "test" else "val"
     assert len(after[f"{stage}/psnr"]) == len(before.get(f"{stage}/psnr", [])) + 1
     assert after["train/loss"] == before["train/loss"]  # the training curves are untouched
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    # dae test adds its numbers as a table to the run's TEXT tab; dae validate adds none.
+    assert ("test/text_summary" in acc.Tags()["tensors"]) == (command == "test")
     assert yaml.safe_load(config)["test_after_fit"] is False  # saved configs carry the option; test accepts it

@@ -1,5 +1,6 @@
-"""Callbacks: the image grid, the training-loss plot, the prediction PNG writer, hyperparameters for TensorBoard,
-the stop on a non-finite loss, and the periodic re-check of the process's share of the CPU cores."""
+"""Callbacks: the image grid, the training-loss plot, the prediction PNG writer, TensorBoard's layout,
+hyperparameters and test card, the stop on a non-finite loss, and the periodic re-check of the process's share of
+the CPU cores."""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from dae.training.report import metrics_card
 from dae.training.threads import reshare_cores
 
 LOSS_PLOT_NAME = "loss.png"
+# TensorBoard's CUSTOM SCALARS tab, which the link printed after dae fit opens: {category: {chart title:
+# ["Multiline", tag regexes]}}. The regexes are anchored, so that train/loss does not also draw train/loss_epoch.
+CURVES_LAYOUT = {"loss and PSNR": {
+    "loss: train per logged step, val per epoch": ["Multiline", ["^train/loss$", "^val/loss$"]],
+    "val/psnr (dB)": ["Multiline", ["^val/psnr$"]],
+}}
 
 
 class ImageGridCallback(L.Callback):
@@ -172,21 +180,25 @@ def flatten_hparams(params: dict[str, Any], prefix: str = "") -> dict[str, bool 
 class TensorBoardRunCallback(L.Callback):
     """Makes a run read well in TensorBoard.
 
+    * Lays out the CUSTOM SCALARS tab (``CURVES_LAYOUT``): train and val loss on one chart, val PSNR beside it.
     * Fills the HPARAMS tab with the model's, data's and main trainer settings beside ``metrics``; TensorBoard
-      shows each metric's latest value in the run, so the tab holds the final ``val/psnr``. (Lightning's own
-      ``log_hyperparams(params, metrics)`` would also log the metrics as scalars at step 0, a false first point
-      on every curve, so this writes only the hparams summaries.)
+      shows each metric's latest value in the run, so the tab holds the final ``val/psnr`` and, once the run is
+      tested, its ``test/psnr``. (Lightning's own ``log_hyperparams(params, metrics)`` would also log the metrics
+      as scalars at step 0, a false first point on every curve, so this writes only the hparams summaries.)
+    * Writes the numbers of every test as a table in the TEXT tab (``test/text_summary``), where single numbers
+      read better than as one-point charts.
     * When training resumes from a checkpoint, marks a restart at its step, so that TensorBoard drops what the
       interrupted run logged after that checkpoint instead of drawing those steps twice.
     """
 
-    def __init__(self, metrics: tuple[str, ...] = ("val/psnr", "val/ssim", "val/loss")) -> None:
+    def __init__(self, metrics: tuple[str, ...] = ("val/psnr", "val/ssim", "val/loss",
+                                                   "test/psnr", "test/ssim", "test/loss")) -> None:
         super().__init__()
         self.metrics = tuple(metrics)
 
     @staticmethod
-    def _writers(trainer: L.Trainer) -> list:
-        return [lg.experiment.file_writer for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    def _experiments(trainer: L.Trainer) -> list:
+        return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -200,9 +212,10 @@ class TensorBoardRunCallback(L.Callback):
             "seed": torch.initial_seed(),
         }
         summaries = hparams(flatten_hparams(params), {name: 0.0 for name in self.metrics})
-        for writer in self._writers(trainer):
+        for experiment in self._experiments(trainer):
+            experiment.add_custom_scalars(CURVES_LAYOUT)
             for summary in summaries:
-                writer.add_summary(summary)
+                experiment.file_writer.add_summary(summary)
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -210,8 +223,19 @@ class TensorBoardRunCallback(L.Callback):
             return
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-        for writer in self._writers(trainer):  # the same event SummaryWriter(purge_step=...) writes
-            writer.add_event(Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START)))
+        for experiment in self._experiments(trainer):  # the same event SummaryWriter(purge_step=...) writes
+            experiment.file_writer.add_event(Event(step=trainer.global_step,
+                                                   session_log=SessionLog(status=SessionLog.START)))
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {name: float(value) for name, value in sorted(trainer.callback_metrics.items())
+                   if name.startswith("test/")}
+        if not metrics:
+            return
+        card = metrics_card(metrics, trainer.ckpt_path)
+        for experiment in self._experiments(trainer):
+            experiment.add_text("test", card, global_step=trainer.global_step)
 
 
 class NonFiniteLossStop(L.Callback):
