@@ -69,6 +69,16 @@ def test_outputs_are_rounded_to_8_bits_before_psnr():
     assert rows[0].method == "noisy input" and 20 < rows[0].psnr < 20.5  # sigma 25: about 20.2 dB
 
 
+def test_noisy_row_scores_the_unclipped_unrounded_images_the_methods_get():
+    # Dark images, where clipping the noise at 0 would lift the PSNR by several dB and rounding would move it.
+    images = [torch.full((1, 30, 40), 10 / 255), torch.full((1, 20, 24), 5 / 255)]
+    seen = Recorder("a")
+    rows = evaluate_images([seen], images, [50 / 255], seed=0)
+    per_image = [10 * torch.log10(1 / (x[0] - c).pow(2).mean()) for (_, x), c in zip(seen.seen, images)]
+    assert rows[0].method == "noisy input"
+    assert rows[0].psnr == pytest.approx(float(sum(per_image) / 2), abs=1e-4)  # about 20 log10(255 / 50) = 14.15
+
+
 def test_baselines_get_the_true_std_untuned_without_validation_images():
     method = BaselineMethod(BASELINES["BM3D"], None, seed=0, clip=False)
     assert method.prepare(25 / 255) == "sigma_scale=1.0"

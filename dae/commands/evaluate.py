@@ -2,13 +2,14 @@
 
 For each noise std the clean test images get one noisy copy (a seeded generator, so every run and every
 method sees the very same noisy images); each method denoises it and is scored by per-image PSNR and SSIM
-(torchmetrics, data range 1, outputs clipped to [0, 1]) and timed in images/s. Classical baselines are
-tuned per std on validation images with their own seeded noise, never on the test images.
+(torchmetrics, data range 1, outputs clipped to [0, 1]) and timed in images/s. The noisy input's row scores
+the noisy images as the methods get them (unclipped unless ``--clip``). Classical baselines are tuned per std
+on validation images with their own seeded noise, never on the test images.
 
 ``--images DIR`` follows the published protocol of gray-image denoising benchmarks (Set12, BSD68) instead: the
 full-size clean images of a folder, unclipped Gaussian noise of each std, every output clipped to [0, 1] and
-rounded to 8 bits before PSNR is taken per image and averaged over the set, and the classical baselines given
-the true std without tuning.
+rounded to 8 bits before PSNR is taken per image and averaged over the set (the noisy input scored as the
+methods get it, unclipped and unrounded), and the classical baselines given the true std without tuning.
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def noisy_copy(clean: Tensor, std: float, seed: int, clip: bool) -> Tensor:
     return GaussianNoise(std, clip=clip)(clean, generator=torch.Generator().manual_seed(seed))
 
 
-def scores(denoised: Tensor, clean: Tensor, chunk: int = 1000) -> tuple[float, float]:
-    """Per-image mean PSNR (dB) and SSIM of ``denoised`` (clipped to [0, 1]) against ``clean``."""
+def scores(images: Tensor, clean: Tensor, output: bool = True, chunk: int = 1000) -> tuple[float, float]:
+    """Per-image mean PSNR (dB) and SSIM of ``images`` against ``clean``: a method's output clipped to [0, 1]
+    first; with ``output`` False (the noisy input) the images as they are, as the methods get them."""
     metrics = image_metrics("")
-    for d, c in zip(denoised.split(chunk), clean.split(chunk)):
-        metrics.update(d.float().clamp(0, 1), c)
+    for d, c in zip(images.split(chunk), clean.split(chunk)):
+        metrics.update(d.float().clamp(0, 1) if output else d.float(), c)
     result = metrics.compute()
     return float(result["psnr"]), float(result["ssim"])
 
@@ -121,16 +123,17 @@ def evaluate(methods: Sequence[Any], clean: Tensor, stds: Iterable[float], seed:
 
 
 def _rows_at(std: float, methods: Sequence[Any], noisy: Any, clean: Any,
-             score: Callable[[Any, Any], tuple[float, float]], run: Callable[[Any, Any], Any]) -> list[Row]:
+             score: Callable[[Any, Any, bool], tuple[float, float]], run: Callable[[Any, Any], Any]) -> list[Row]:
     """The noisy input's row and each method's at ``std``: ``run(method, noisy)`` timed (after the method's
-    ``prepare``), and ``score(denoised, clean)`` giving PSNR and SSIM."""
-    rows = [Row("noisy input", std, *score(noisy, clean), images_per_s=None)]
+    ``prepare``), and ``score(images, clean, output)`` giving PSNR and SSIM, ``output`` False for the noisy
+    input (scored as the methods get it) and True for a method's output."""
+    rows = [Row("noisy input", std, *score(noisy, clean, False), images_per_s=None)]
     for method in methods:
         params = method.prepare(std)
         start = time.perf_counter()
         denoised = run(method, noisy)
         seconds = time.perf_counter() - start
-        rows.append(Row(method.name, std, *score(denoised, clean), len(clean) / seconds, params))
+        rows.append(Row(method.name, std, *score(denoised, clean, True), len(clean) / seconds, params))
     return rows
 
 
@@ -144,7 +147,8 @@ def evaluate_images(methods: Sequence[Any], images: Sequence[Tensor], stds: Iter
 
     Image ``i`` gets the noise ``std * z_i`` at every std, ``z_i`` a standard normal draw keyed by (seed, i),
     unclipped; every method denoises the same noisy image, and its output is rounded to 8 bits (``to_8_bits``)
-    before it is scored. PSNR and SSIM are taken per image and averaged over the images.
+    before it is scored (the noisy input's row is not: it scores what the methods get). PSNR and SSIM are taken
+    per image and averaged over the images.
     """
     unit_noise = [torch.randn(image.shape, generator=torch_generator(seed, i)) for i, image in enumerate(images)]
     rows = []
@@ -155,11 +159,12 @@ def evaluate_images(methods: Sequence[Any], images: Sequence[Tensor], stds: Iter
     return rows
 
 
-def _image_scores(denoised: Sequence[Tensor], clean: Sequence[Tensor]) -> tuple[float, float]:
-    """Mean per-image PSNR (dB) and SSIM of images of any sizes, each rounded to 8 bits first."""
+def _image_scores(images: Sequence[Tensor], clean: Sequence[Tensor], output: bool) -> tuple[float, float]:
+    """Mean per-image PSNR (dB) and SSIM of images of any sizes: a method's output rounded to 8 bits first, the
+    noisy input (``output`` False) as it is."""
     metrics = image_metrics("")
-    for d, c in zip(denoised, clean):
-        metrics.update(to_8_bits(d.float())[None], c[None])
+    for d, c in zip(images, clean):
+        metrics.update((to_8_bits(d.float()) if output else d.float())[None], c[None])
     result = metrics.compute()
     return float(result["psnr"]), float(result["ssim"])
 
