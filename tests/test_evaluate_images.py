@@ -11,6 +11,7 @@ from PIL import Image
 from dae.baselines import BASELINES
 from dae.commands import main
 from dae.commands.evaluate import BaselineMethod, Row, evaluate_images, markdown_table
+from dae.inference import denoise_image, load_network
 
 
 class Recorder:
@@ -103,6 +104,22 @@ def test_command_scores_a_folder_with_sigmas_on_the_255_scale(tmp_path, capsys):
     rows = {(r["method"], round(r["std"] * 255)): r for r in result["results"]}
     assert rows["TV", 50]["psnr"] > rows["noisy input", 50]["psnr"] + 3  # TV denoises flat-ish images well
     assert rows["TV", 15]["params"] == "weight_scale=1.0"
+
+
+def test_networks_denoise_the_full_size_images_as_dae_denoise_does(trained_run, tmp_path, capsys):
+    # The baseline ConvAutoencoder takes 28x28 images: on 40x52, 33x47 and 64x64 pictures it must run over
+    # tiles (denoise_image), never on the whole image.
+    write_pngs(tmp_path / "set")
+    assert main(["evaluate", str(trained_run), "--images", str(tmp_path / "set"), "--sigma255", "25", "--baselines",
+                 "-o", str(tmp_path / "r")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert rows[1]["method"].startswith("ConvAutoencoder")
+    net = load_network(str(trained_run))
+    # The command's default seed 0: the very same noisy images.
+    expected = evaluate_images([Recorder("net", lambda x: denoise_image(net, x[0])[None])], gray_images(),
+                               [25 / 255], seed=0)
+    assert rows[1]["psnr"] == pytest.approx(expected[1].psnr, abs=1e-4)
+    assert rows[1]["ssim"] == pytest.approx(expected[1].ssim, abs=1e-4)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,6 +10,8 @@ on validation images with their own seeded noise, never on the test images.
 full-size clean images of a folder, unclipped Gaussian noise of each std, every output clipped to [0, 1] and
 rounded to 8 bits before PSNR is taken per image and averaged over the set (the noisy input scored as the
 methods get it, unclipped and unrounded), and the classical baselines given the true std without tuning.
+Networks denoise each image as ``dae denoise`` does (``denoise_image``): one that takes a fixed input size over
+overlapping tiles of it, a fully convolutional one whole.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dae.inference.loading import (
     load_model,
     resolve_checkpoint,
 )
+from dae.inference.tiling import denoise_image
 from dae.module import DenoisingModule, image_metrics
 from dae.moved import current_name
 from dae.noise import GaussianNoise
@@ -86,6 +89,16 @@ class NetworkMethod:
     @torch.no_grad()
     def __call__(self, noisy: Tensor, std: float) -> Tensor:
         return torch.cat([self.module(batch) for batch in noisy.split(self.batch_size)])
+
+
+class ImageNetworkMethod(NetworkMethod):
+    """A trained network on full-size images of any size, run image by image as ``dae denoise`` runs it
+    (``denoise_image``: a network that takes one input size goes over overlapping tiles of that size, at most
+    ``batch_size`` tiles per forward pass)."""
+
+    @torch.no_grad()
+    def __call__(self, noisy: Tensor, std: float) -> Tensor:
+        return torch.stack([denoise_image(self.module.net, image, self.batch_size) for image in noisy])
 
 
 class BaselineMethod:
@@ -202,9 +215,9 @@ def write_results(rows: Sequence[Row], settings: dict[str, Any], prefix: Path) -
     return csv_path, json_path
 
 
-def _network_methods(paths: Sequence[str], batch_size: int,
-                     allow_classes: Sequence[str] = ()) -> tuple[list[NetworkMethod], dict[str, Any]]:
-    """A method per checkpoint (named after its network and noise) and the first one's data settings (with
+def _network_methods(paths: Sequence[str], batch_size: int, allow_classes: Sequence[str] = (),
+                     method_class: type[NetworkMethod] = NetworkMethod) -> tuple[list[NetworkMethod], dict[str, Any]]:
+    """A ``method_class`` per checkpoint (named after its network and noise) and the first one's data settings (with
     ``_class_path``, the data module class it was trained with)."""
     methods, data_hparams = [], {}
     for path in paths:
@@ -217,7 +230,7 @@ def _network_methods(paths: Sequence[str], batch_size: int,
             name += f", {module.loss} loss"
         if not module.objective.supervised:  # and so do runs that differ only in their objective
             name += f", {module.objective!r}"
-        methods.append(NetworkMethod(name, module, str(file), batch_size))
+        methods.append(method_class(name, module, str(file), batch_size))
     names = [m.name for m in methods]
     for number, method in enumerate(methods, 1):
         if names.count(method.name) > 1:  # two runs of one setup: the CSV's params column names each file
@@ -298,7 +311,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="clip the noisy images to [0, 1], as stored images are (default: unclipped Gaussian "
                         "noise, as in the baseline's training and the denoising literature)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test noise (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive(int), default=256, help="network batch size")
+    parser.add_argument("--batch-size", type=_positive(int), default=256,
+                        help="images per forward pass of a network; with --images, tiles per pass of a network that "
+                        "takes a fixed input size (default: %(default)s)")
     add_allow_class_option(parser)
     parser.add_argument("-o", "--output", default="evaluation",
                         help="writes OUTPUT.csv and OUTPUT.json (default: %(default)s)")
@@ -370,7 +385,7 @@ def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Nam
     if not args.checkpoints and not args.baselines:
         parser.error("give at least one checkpoint or baseline to score on --images")
     try:
-        networks, _ = _network_methods(args.checkpoints, args.batch_size, args.allow_class)
+        networks, _ = _network_methods(args.checkpoints, args.batch_size, args.allow_class, ImageNetworkMethod)
         channels = {getattr(m.module.net, "in_channels", 1) for m in networks} or {1}
         if len(channels) > 1:
             raise ValueError("the checkpoints take different numbers of channels; evaluate them separately")
