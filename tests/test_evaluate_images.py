@@ -11,6 +11,7 @@ from PIL import Image
 from dae.baselines import BASELINES
 from dae.commands import main
 from dae.commands.evaluate import BaselineMethod, Row, evaluate_images, markdown_table
+from dae.inference import denoise_image, load_network
 
 
 class Recorder:
@@ -69,6 +70,16 @@ def test_outputs_are_rounded_to_8_bits_before_psnr():
     assert rows[0].method == "noisy input" and 20 < rows[0].psnr < 20.5  # sigma 25: about 20.2 dB
 
 
+def test_noisy_row_scores_the_unclipped_unrounded_images_the_methods_get():
+    # Dark images, where clipping the noise at 0 would lift the PSNR by several dB and rounding would move it.
+    images = [torch.full((1, 30, 40), 10 / 255), torch.full((1, 20, 24), 5 / 255)]
+    seen = Recorder("a")
+    rows = evaluate_images([seen], images, [50 / 255], seed=0)
+    per_image = [10 * torch.log10(1 / (x[0] - c).pow(2).mean()) for (_, x), c in zip(seen.seen, images)]
+    assert rows[0].method == "noisy input"
+    assert rows[0].psnr == pytest.approx(float(sum(per_image) / 2), abs=1e-4)  # about 20 log10(255 / 50) = 14.15
+
+
 def test_baselines_get_the_true_std_untuned_without_validation_images():
     method = BaselineMethod(BASELINES["BM3D"], None, seed=0, clip=False)
     assert method.prepare(25 / 255) == "sigma_scale=1.0"
@@ -93,6 +104,22 @@ def test_command_scores_a_folder_with_sigmas_on_the_255_scale(tmp_path, capsys):
     rows = {(r["method"], round(r["std"] * 255)): r for r in result["results"]}
     assert rows["TV", 50]["psnr"] > rows["noisy input", 50]["psnr"] + 3  # TV denoises flat-ish images well
     assert rows["TV", 15]["params"] == "weight_scale=1.0"
+
+
+def test_networks_denoise_the_full_size_images_as_dae_denoise_does(trained_run, tmp_path, capsys):
+    # The baseline ConvAutoencoder takes 28x28 images: on 40x52, 33x47 and 64x64 pictures it must run over
+    # tiles (denoise_image), never on the whole image.
+    write_pngs(tmp_path / "set")
+    assert main(["evaluate", str(trained_run), "--images", str(tmp_path / "set"), "--sigma255", "25", "--baselines",
+                 "-o", str(tmp_path / "r")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert rows[1]["method"].startswith("ConvAutoencoder")
+    net = load_network(str(trained_run))
+    # The command's default seed 0: the very same noisy images.
+    expected = evaluate_images([Recorder("net", lambda x: denoise_image(net, x[0])[None])], gray_images(),
+                               [25 / 255], seed=0)
+    assert rows[1]["psnr"] == pytest.approx(expected[1].psnr, abs=1e-4)
+    assert rows[1]["ssim"] == pytest.approx(expected[1].ssim, abs=1e-4)
 
 
 @pytest.mark.parametrize("args, message", [

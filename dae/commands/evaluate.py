@@ -2,13 +2,16 @@
 
 For each noise std the clean test images get one noisy copy (a seeded generator, so every run and every
 method sees the very same noisy images); each method denoises it and is scored by per-image PSNR and SSIM
-(torchmetrics, data range 1, outputs clipped to [0, 1]) and timed in images/s. Classical baselines are
-tuned per std on validation images with their own seeded noise, never on the test images.
+(torchmetrics, data range 1, outputs clipped to [0, 1]) and timed in images/s. The noisy input's row scores
+the noisy images as the methods get them (unclipped unless ``--clip``). Classical baselines are tuned per std
+on validation images with their own seeded noise, never on the test images.
 
 ``--images DIR`` follows the published protocol of gray-image denoising benchmarks (Set12, BSD68) instead: the
 full-size clean images of a folder, unclipped Gaussian noise of each std, every output clipped to [0, 1] and
-rounded to 8 bits before PSNR is taken per image and averaged over the set, and the classical baselines given
-the true std without tuning.
+rounded to 8 bits before PSNR is taken per image and averaged over the set (the noisy input scored as the
+methods get it, unclipped and unrounded), and the classical baselines given the true std without tuning.
+Networks denoise each image as ``dae denoise`` does (``denoise_image``): one that takes a fixed input size over
+overlapping tiles of it, a fully convolutional one whole.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dae.inference.loading import (
     load_model,
     resolve_checkpoint,
 )
+from dae.inference.tiling import denoise_image
 from dae.module import DenoisingModule, image_metrics
 from dae.moved import current_name
 from dae.noise import GaussianNoise
@@ -63,11 +67,12 @@ def noisy_copy(clean: Tensor, std: float, seed: int, clip: bool) -> Tensor:
     return GaussianNoise(std, clip=clip)(clean, generator=torch.Generator().manual_seed(seed))
 
 
-def scores(denoised: Tensor, clean: Tensor, chunk: int = 1000) -> tuple[float, float]:
-    """Per-image mean PSNR (dB) and SSIM of ``denoised`` (clipped to [0, 1]) against ``clean``."""
+def scores(images: Tensor, clean: Tensor, output: bool = True, chunk: int = 1000) -> tuple[float, float]:
+    """Per-image mean PSNR (dB) and SSIM of ``images`` against ``clean``: a method's output clipped to [0, 1]
+    first; with ``output`` False (the noisy input) the images as they are, as the methods get them."""
     metrics = image_metrics("")
-    for d, c in zip(denoised.split(chunk), clean.split(chunk)):
-        metrics.update(d.float().clamp(0, 1), c)
+    for d, c in zip(images.split(chunk), clean.split(chunk)):
+        metrics.update(d.float().clamp(0, 1) if output else d.float(), c)
     result = metrics.compute()
     return float(result["psnr"]), float(result["ssim"])
 
@@ -84,6 +89,16 @@ class NetworkMethod:
     @torch.no_grad()
     def __call__(self, noisy: Tensor, std: float) -> Tensor:
         return torch.cat([self.module(batch) for batch in noisy.split(self.batch_size)])
+
+
+class ImageNetworkMethod(NetworkMethod):
+    """A trained network on full-size images of any size, run image by image as ``dae denoise`` runs it
+    (``denoise_image``: a network that takes one input size goes over overlapping tiles of that size, at most
+    ``batch_size`` tiles per forward pass)."""
+
+    @torch.no_grad()
+    def __call__(self, noisy: Tensor, std: float) -> Tensor:
+        return torch.stack([denoise_image(self.module.net, image, self.batch_size) for image in noisy])
 
 
 class BaselineMethod:
@@ -121,16 +136,17 @@ def evaluate(methods: Sequence[Any], clean: Tensor, stds: Iterable[float], seed:
 
 
 def _rows_at(std: float, methods: Sequence[Any], noisy: Any, clean: Any,
-             score: Callable[[Any, Any], tuple[float, float]], run: Callable[[Any, Any], Any]) -> list[Row]:
+             score: Callable[[Any, Any, bool], tuple[float, float]], run: Callable[[Any, Any], Any]) -> list[Row]:
     """The noisy input's row and each method's at ``std``: ``run(method, noisy)`` timed (after the method's
-    ``prepare``), and ``score(denoised, clean)`` giving PSNR and SSIM."""
-    rows = [Row("noisy input", std, *score(noisy, clean), images_per_s=None)]
+    ``prepare``), and ``score(images, clean, output)`` giving PSNR and SSIM, ``output`` False for the noisy
+    input (scored as the methods get it) and True for a method's output."""
+    rows = [Row("noisy input", std, *score(noisy, clean, False), images_per_s=None)]
     for method in methods:
         params = method.prepare(std)
         start = time.perf_counter()
         denoised = run(method, noisy)
         seconds = time.perf_counter() - start
-        rows.append(Row(method.name, std, *score(denoised, clean), len(clean) / seconds, params))
+        rows.append(Row(method.name, std, *score(denoised, clean, True), len(clean) / seconds, params))
     return rows
 
 
@@ -144,7 +160,8 @@ def evaluate_images(methods: Sequence[Any], images: Sequence[Tensor], stds: Iter
 
     Image ``i`` gets the noise ``std * z_i`` at every std, ``z_i`` a standard normal draw keyed by (seed, i),
     unclipped; every method denoises the same noisy image, and its output is rounded to 8 bits (``to_8_bits``)
-    before it is scored. PSNR and SSIM are taken per image and averaged over the images.
+    before it is scored (the noisy input's row is not: it scores what the methods get). PSNR and SSIM are taken
+    per image and averaged over the images.
     """
     unit_noise = [torch.randn(image.shape, generator=torch_generator(seed, i)) for i, image in enumerate(images)]
     rows = []
@@ -155,11 +172,12 @@ def evaluate_images(methods: Sequence[Any], images: Sequence[Tensor], stds: Iter
     return rows
 
 
-def _image_scores(denoised: Sequence[Tensor], clean: Sequence[Tensor]) -> tuple[float, float]:
-    """Mean per-image PSNR (dB) and SSIM of images of any sizes, each rounded to 8 bits first."""
+def _image_scores(images: Sequence[Tensor], clean: Sequence[Tensor], output: bool) -> tuple[float, float]:
+    """Mean per-image PSNR (dB) and SSIM of images of any sizes: a method's output rounded to 8 bits first, the
+    noisy input (``output`` False) as it is."""
     metrics = image_metrics("")
-    for d, c in zip(denoised, clean):
-        metrics.update(to_8_bits(d.float())[None], c[None])
+    for d, c in zip(images, clean):
+        metrics.update((to_8_bits(d.float()) if output else d.float())[None], c[None])
     result = metrics.compute()
     return float(result["psnr"]), float(result["ssim"])
 
@@ -197,9 +215,9 @@ def write_results(rows: Sequence[Row], settings: dict[str, Any], prefix: Path) -
     return csv_path, json_path
 
 
-def _network_methods(paths: Sequence[str], batch_size: int,
-                     allow_classes: Sequence[str] = ()) -> tuple[list[NetworkMethod], dict[str, Any]]:
-    """A method per checkpoint (named after its network and noise) and the first one's data settings (with
+def _network_methods(paths: Sequence[str], batch_size: int, allow_classes: Sequence[str] = (),
+                     method_class: type[NetworkMethod] = NetworkMethod) -> tuple[list[NetworkMethod], dict[str, Any]]:
+    """A ``method_class`` per checkpoint (named after its network and noise) and the first one's data settings (with
     ``_class_path``, the data module class it was trained with)."""
     methods, data_hparams = [], {}
     for path in paths:
@@ -212,7 +230,7 @@ def _network_methods(paths: Sequence[str], batch_size: int,
             name += f", {module.loss} loss"
         if not module.objective.supervised:  # and so do runs that differ only in their objective
             name += f", {module.objective!r}"
-        methods.append(NetworkMethod(name, module, str(file), batch_size))
+        methods.append(method_class(name, module, str(file), batch_size))
     names = [m.name for m in methods]
     for number, method in enumerate(methods, 1):
         if names.count(method.name) > 1:  # two runs of one setup: the CSV's params column names each file
@@ -293,7 +311,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="clip the noisy images to [0, 1], as stored images are (default: unclipped Gaussian "
                         "noise, as in the baseline's training and the denoising literature)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test noise (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive(int), default=256, help="network batch size")
+    parser.add_argument("--batch-size", type=_positive(int), default=256,
+                        help="images per forward pass of a network; with --images, tiles per pass of a network that "
+                        "takes a fixed input size (default: %(default)s)")
     add_allow_class_option(parser)
     parser.add_argument("-o", "--output", default="evaluation",
                         help="writes OUTPUT.csv and OUTPUT.json (default: %(default)s)")
@@ -365,7 +385,7 @@ def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Nam
     if not args.checkpoints and not args.baselines:
         parser.error("give at least one checkpoint or baseline to score on --images")
     try:
-        networks, _ = _network_methods(args.checkpoints, args.batch_size, args.allow_class)
+        networks, _ = _network_methods(args.checkpoints, args.batch_size, args.allow_class, ImageNetworkMethod)
         channels = {getattr(m.module.net, "in_channels", 1) for m in networks} or {1}
         if len(channels) > 1:
             raise ValueError("the checkpoints take different numbers of channels; evaluate them separately")

@@ -19,8 +19,8 @@ def input_size(net: nn.Module) -> tuple[int, int] | None:
     return None if size is None else (int(size[0]), int(size[1]))
 
 
-# Tile origins lie on multiples of this (where the stride allows), so that a network that pools (the U-Net halves
-# the resolution up to 5 times) sees the same pooling grid in every tile as on the whole image.
+# Tile origins lie on multiples of this (where the step allows: ``tile_stride``), so that a network that pools (the
+# U-Net halves the resolution up to 5 times) sees the same pooling grid in every tile as on the whole image.
 TILE_ALIGN = 32
 # Without a batch size, a forward pass takes as many tiles as hold about this many pixels (one tile of 256x256, 83
 # of 28x28): the activations of a tile batch are most of what denoising a big image holds beyond the image itself.
@@ -70,6 +70,18 @@ def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     return [*starts, -(-(size - tile) // align) * align]
 
 
+def tile_stride(tile: int, margin: int, aligned: bool) -> int:
+    """The step between tiles of ``tile`` pixels that overlap by at least ``2 * margin``: ``tile - 2 * margin``,
+    when ``aligned`` rounded down to a multiple of the largest power of two that is at most ``TILE_ALIGN`` and
+    at most an eighth of it (8 from a step of 64, 16 from 128, 32 from 256), so that every tile starts on the
+    whole image's pooling grid of a U-Net that pools that often; the step loses less than an eighth."""
+    stride = tile - 2 * margin
+    if not aligned:
+        return stride
+    align = min(TILE_ALIGN, 1 << max(0, (stride // 8).bit_length() - 1))
+    return stride - stride % align
+
+
 def _tile(images: Tensor, top: int, left: int, th: int, tw: int) -> Tensor:
     """The tile at (top, left), padded (reflected) at the bottom and right where it reaches past the image."""
     tile = images[..., top : top + th, left : left + tw]
@@ -87,8 +99,9 @@ def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], margin:
     Tiles step by ``tile - 2 * margin``, so neighbours overlap by ``2 * margin`` pixels. ``fixed_size``: the
     network takes only ``tile`` (an image smaller than a tile is padded), and overlapping tiles fade into each
     other over the whole overlap. Otherwise (fully convolutional networks) a tile shrinks to an image side
-    smaller than it, and each pixel comes from the tile in which it lies at least ``margin`` pixels from the
-    edge: the same result as the whole image when ``margin`` covers the network's receptive field.
+    smaller than it, the step is rounded down onto the pooling grid (``tile_stride``: a wider overlap), and each
+    pixel comes from the tile in which it lies at least ``margin`` pixels from the edge: the same result as the
+    whole image when ``margin`` covers the network's receptive field.
 
     Tiles go through the network ``batch_size`` at a time (default: about ``PIXELS_PER_PASS`` pixels) and go
     straight into the result (blended tiles: into running sums of outputs and weights), so memory holds the
@@ -97,8 +110,8 @@ def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], margin:
     n_images, channels, height, width = images.shape
     th, tw = tile if fixed_size else (min(tile[0], height), min(tile[1], width))
     margin_h, margin_w = (min(margin, (side - 1) // 2) for side in (th, tw))
-    rows = tile_starts(height, th, th - 2 * margin_h)
-    cols = tile_starts(width, tw, tw - 2 * margin_w)
+    rows = tile_starts(height, th, tile_stride(th, margin_h, aligned=not fixed_size))
+    cols = tile_starts(width, tw, tile_stride(tw, margin_w, aligned=not fixed_size))
     row_weights = tile_weights(rows, th, 2 * margin_h if fixed_size else 0)
     col_weights = tile_weights(cols, tw, 2 * margin_w if fixed_size else 0)
     if batch_size is None:
@@ -143,10 +156,13 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
 
     A network with an ``input_size`` runs over half-overlapping tiles of that size, blended into each other.
     ``tile`` runs a fully convolutional network over ``tile x tile`` tiles instead of the whole image, so that
-    memory is bounded by the tile: tiles overlap by ``2 * margin`` pixels and each pixel comes from the tile in
-    which it lies at least ``margin`` pixels from the edge. The default margin is the network's receptive
-    radius (then tiles give exactly the whole image's result), at most ``tile // 32``, so that the compute is
-    about ``(tile / (tile - 2 * margin))**2``, at most 1.14 times the whole image's (plus the last tiles' padding).
+    memory is bounded by the tile: tiles overlap by at least ``2 * margin`` pixels and each pixel comes from the
+    tile in which it lies at least ``margin`` pixels from the edge. Tiles step by ``tile - 2 * margin`` rounded
+    down onto the pooling grid (``tile_stride``), which costs about ``(tile / step)**2`` times the whole image's
+    compute (plus the last tiles' padding). A margin that covers the network's receptive radius gives the whole
+    image's result (but near the bottom and right edges, padded differently). The default margin is that
+    radius, at most ``tile // 32`` (at tile 256 or 512: step 240 or 480, 1.14 times the compute): a network
+    that sees farther than that gives slightly different pixels near the tiles' seams.
     ``batch_size`` tiles go through the network at a time (default: about ``PIXELS_PER_PASS`` pixels).
     """
     net_channels = getattr(net, "in_channels", image.shape[0])
