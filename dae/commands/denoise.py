@@ -104,8 +104,10 @@ class Denoiser:
     """Denoises one file at a time with a loaded model; colour channels only, alpha is kept as it is."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, batch_size: int | None, add_noise: float | None,
-                 seed: int, compare: bool, tile: int | None = None, margin: int | None = None) -> None:
+                 seed: int, compare: bool, tile: int | None = None, margin: int | None = None,
+                 ensemble: bool = False) -> None:
         self.net = net
+        self.ensemble = ensemble
         self.tile = tile
         self.margin = margin
         self.device = device
@@ -126,7 +128,7 @@ class Denoiser:
             color = add_gaussian_noise(color, self.add_noise, seed)
         if color.shape[0] > 1 and getattr(self.net, "in_channels", 1) == 1:
             self.notices.add("the network takes one channel: colour images were denoised one channel at a time")
-        denoised = denoise_image(self.net, color, self.batch_size, self.tile, self.margin).clamp(0, 1)
+        denoised = denoise_image(self.net, color, self.batch_size, self.tile, self.margin, self.ensemble).clamp(0, 1)
         result = torch.cat([denoised, image[-1:]]) if has_alpha else denoised
         target, *compare = output_files(job, out_dir, self.compare)
         written = [write_image(target, from_unit_tensor(result, pixels.dtype))]
@@ -163,13 +165,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="fully convolutional networks: denoise in overlapping NxN tiles instead of the whole "
                         "image, so that memory is bounded by the tile on big images")
     parser.add_argument("--tile-margin", type=int, metavar="M",
-                        help="with --tile: tiles overlap by 2*M pixels, and each pixel comes from the tile in which "
-                        "it lies at least M pixels from the edge (default: the network's receptive radius, at most "
-                        "N/32, which adds about 14%% to the compute of the whole image)")
+                        help="with --tile: tiles overlap by at least 2*M pixels (their step is kept on the pooling "
+                        "grid), and each pixel comes from the tile in which it lies at least M pixels from the edge "
+                        "(default: the network's receptive radius, at most N/32: about 1.14 times the compute of the "
+                        "whole image at N 256 or 512; docs/inference.md says what each margin gives)")
     add_allow_class_option(parser)
     parser.add_argument("--add-noise", type=float, metavar="STD",
                         help="add Gaussian noise of this std (pixel range 0..1) first, to demo on clean pictures")
     parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="denoise each image in its 8 flips and rotations and average the results turned back "
+                        "(a self-ensemble: 8 times the compute, usually a little better)")
     parser.add_argument("--compare", action="store_true",
                         help=f"also write NAME{COMPARE_SUFFIX}: the (noisy | denoised) pair side by side")
     return parser
@@ -204,9 +210,11 @@ def denoise_command(argv: Sequence[str]) -> int:
                        f"takes {size[0]}x{size[1]} inputs and is always tiled at that size\n")
     how = (f"{size[0]}x{size[1]} tiles" if size else f"{args.tile}x{args.tile} tiles (--tile)" if args.tile
            else "whole images (fully convolutional)")
+    if args.ensemble:
+        how += ", self-ensemble of 8 orientations"
     print(f"network: {type(net).__name__} ({args.ckpt}) on {device}, {how}", file=sys.stderr)
     denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
-                        args.tile_margin)
+                        args.tile_margin, args.ensemble)
     done = 0
     for job in tqdm(jobs, desc="denoising", unit="image", disable=None if len(jobs) > 1 else True):
         try:

@@ -23,6 +23,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -33,6 +34,7 @@ from dae.baselines import BASELINES, Baseline, available_baselines
 from dae.data.folders import ImageFolderDataModule, load_image_folder
 from dae.data.memory import InMemoryDataModule
 from dae.data.mnist import DATASETS, MNISTDataModule
+from dae.inference.ensemble import self_ensemble
 from dae.inference.loading import (
     add_allow_class_option,
     load_checkpoint,
@@ -78,17 +80,23 @@ def scores(images: Tensor, clean: Tensor, output: bool = True, chunk: int = 1000
 
 
 class NetworkMethod:
-    """A trained ``DenoisingModule`` run in batches without gradients."""
+    """A trained ``DenoisingModule`` run in batches without gradients; with ``ensemble``, the mean over the
+    8 flips and rotations of each batch (``self_ensemble``)."""
 
-    def __init__(self, name: str, module: DenoisingModule, source: str, batch_size: int = 256) -> None:
+    def __init__(self, name: str, module: DenoisingModule, source: str, batch_size: int = 256,
+                 ensemble: bool = False) -> None:
         self.name, self.module, self.source, self.batch_size = name, module.eval(), source, batch_size
+        self.ensemble = ensemble
+        if ensemble:
+            self.name += ", self-ensemble x8"
 
     def prepare(self, std: float) -> str:
         return self.source
 
     @torch.no_grad()
     def __call__(self, noisy: Tensor, std: float) -> Tensor:
-        return torch.cat([self.module(batch) for batch in noisy.split(self.batch_size)])
+        run = partial(self_ensemble, self.module) if self.ensemble else self.module
+        return torch.cat([run(batch) for batch in noisy.split(self.batch_size)])
 
 
 class ImageNetworkMethod(NetworkMethod):
@@ -98,7 +106,8 @@ class ImageNetworkMethod(NetworkMethod):
 
     @torch.no_grad()
     def __call__(self, noisy: Tensor, std: float) -> Tensor:
-        return torch.stack([denoise_image(self.module.net, image, self.batch_size) for image in noisy])
+        return torch.stack([denoise_image(self.module.net, image, self.batch_size, ensemble=self.ensemble)
+                            for image in noisy])
 
 
 class BaselineMethod:
@@ -216,9 +225,11 @@ def write_results(rows: Sequence[Row], settings: dict[str, Any], prefix: Path) -
 
 
 def _network_methods(paths: Sequence[str], batch_size: int, allow_classes: Sequence[str] = (),
-                     method_class: type[NetworkMethod] = NetworkMethod) -> tuple[list[NetworkMethod], dict[str, Any]]:
-    """A ``method_class`` per checkpoint (named after its network and noise) and the first one's data settings (with
-    ``_class_path``, the data module class it was trained with)."""
+                     method_class: type[NetworkMethod] = NetworkMethod,
+                     ensemble: bool = False) -> tuple[list[NetworkMethod], dict[str, Any]]:
+    """A ``method_class`` per checkpoint (named after its network and noise), with ``ensemble`` each followed by
+    its self-ensemble, and the first one's data settings (with ``_class_path``, the data module class it was
+    trained with)."""
     methods, data_hparams = [], {}
     for path in paths:
         file = resolve_checkpoint(path)
@@ -235,6 +246,9 @@ def _network_methods(paths: Sequence[str], batch_size: int, allow_classes: Seque
     for number, method in enumerate(methods, 1):
         if names.count(method.name) > 1:  # two runs of one setup: the CSV's params column names each file
             method.name += f" [checkpoint {number}]"
+    if ensemble:
+        methods = [m for plain in methods
+                   for m in (plain, method_class(plain.name, plain.module, plain.source, batch_size, ensemble=True))]
     return methods, data_hparams
 
 
@@ -314,6 +328,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive(int), default=256,
                         help="images per forward pass of a network; with --images, tiles per pass of a network that "
                         "takes a fixed input size (default: %(default)s)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also score each network as a self-ensemble (the mean over the 8 flips and rotations of "
+                        "each image, 8 times the compute), in a row of its own")
     add_allow_class_option(parser)
     parser.add_argument("-o", "--output", default="evaluation",
                         help="writes OUTPUT.csv and OUTPUT.json (default: %(default)s)")
@@ -345,7 +362,8 @@ def evaluate_command(argv: Sequence[str]) -> int:
     if not args.checkpoints and args.dataset is None:
         parser.error("give at least one checkpoint, or --dataset (or --images DIR) to evaluate the baselines alone")
     try:
-        networks, data_hparams = _network_methods(args.checkpoints, args.batch_size, args.allow_class)
+        networks, data_hparams = _network_methods(args.checkpoints, args.batch_size, args.allow_class,
+                                                  ensemble=args.ensemble)
         baselines, notices = available_baselines(args.baselines)
         data = data_module(data_hparams, args.dataset, args.data_dir)
         clean = _images(data, "test", args.limit)
@@ -385,7 +403,8 @@ def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Nam
     if not args.checkpoints and not args.baselines:
         parser.error("give at least one checkpoint or baseline to score on --images")
     try:
-        networks, _ = _network_methods(args.checkpoints, args.batch_size, args.allow_class, ImageNetworkMethod)
+        networks, _ = _network_methods(args.checkpoints, args.batch_size, args.allow_class, ImageNetworkMethod,
+                                       args.ensemble)
         channels = {getattr(m.module.net, "in_channels", 1) for m in networks} or {1}
         if len(channels) > 1:
             raise ValueError("the checkpoints take different numbers of channels; evaluate them separately")

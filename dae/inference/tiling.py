@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dae.inference.ensemble import self_ensemble
+
 
 def input_size(net: nn.Module) -> tuple[int, int] | None:
     """The (height, width) a network takes, from its ``input_size`` attribute; None: fully convolutional.
@@ -148,7 +150,7 @@ def _owned(weight: Tensor) -> slice:
 
 @torch.no_grad()
 def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, tile: int | None = None,
-                  margin: int | None = None) -> Tensor:
+                  margin: int | None = None, ensemble: bool = False) -> Tensor:
     """Denoise one (C, H, W) image in [0, 1] of any size; returns a (C, H, W) float tensor on its device.
 
     Colour images through a 1-channel network go one channel at a time; a gray image through a colour
@@ -164,6 +166,7 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
     radius, at most ``tile // 32`` (at tile 256 or 512: step 240 or 480, 1.14 times the compute): a network
     that sees farther than that gives slightly different pixels near the tiles' seams.
     ``batch_size`` tiles go through the network at a time (default: about ``PIXELS_PER_PASS`` pixels).
+    ``ensemble``: the mean over the image's 8 flips and rotations (``self_ensemble``), at 8 times the compute.
     """
     net_channels = getattr(net, "in_channels", image.shape[0])
     channels = image.shape[0]
@@ -183,25 +186,30 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
         raise ValueError(f"tile must be >= 1 pixel, got {tile}")
     if margin is not None and margin < 0:
         raise ValueError(f"margin must be >= 0 pixels, got {margin}")
-    if size is not None:
-        out = denoise_tiled(net, batch, size, min(size) // 4 if margin is None else margin, batch_size)
-    elif tile is not None:
-        if margin is None:
-            # A reach of more than the cap needs no measuring: a probe twice the cap (kept on the pooling grid,
-            # so that the centre pixel sees what a tile's would) takes a small part of a tile's memory and time
-            # for its forward and backward pass.
-            cap = tile // 32
-            side = min(tile, -(-(2 * cap + 2) // (2 * TILE_ALIGN)) * 2 * TILE_ALIGN)
-            probe = (1, batch.shape[1], min(side, batch.shape[2]), min(side, batch.shape[3]))
-            margin = min(cap, receptive_radius(net, batch.new_empty(probe)))
-        out = denoise_tiled(net, batch, (tile, tile), margin, batch_size, fixed_size=False)
-    else:
-        out = net(batch)
-    if out.shape != batch.shape:
-        raise ValueError(
-            f"the network turned a {tuple(batch.shape)} batch into {tuple(out.shape)}; a net that only takes "
-            "one size must declare it as an input_size attribute so that images are tiled"
-        )
+    if tile is not None and margin is None:
+        # A reach of more than the cap needs no measuring: a probe twice the cap (kept on the pooling grid,
+        # so that the centre pixel sees what a tile's would) takes a small part of a tile's memory and time
+        # for its forward and backward pass.
+        cap = tile // 32
+        side = min(tile, -(-(2 * cap + 2) // (2 * TILE_ALIGN)) * 2 * TILE_ALIGN)
+        probe = (1, batch.shape[1], min(side, batch.shape[2]), min(side, batch.shape[3]))
+        margin = min(cap, receptive_radius(net, batch.new_empty(probe)))
+
+    def run(images: Tensor) -> Tensor:
+        if size is not None:
+            out = denoise_tiled(net, images, size, min(size) // 4 if margin is None else margin, batch_size)
+        elif tile is not None:
+            out = denoise_tiled(net, images, (tile, tile), margin, batch_size, fixed_size=False)
+        else:
+            out = net(images)
+        if out.shape != images.shape:
+            raise ValueError(
+                f"the network turned a {tuple(images.shape)} batch into {tuple(out.shape)}; a net that only takes "
+                "one size must declare it as an input_size attribute so that images are tiled"
+            )
+        return out
+
+    out = self_ensemble(run, batch) if ensemble else run(batch)
     if channels == net_channels:
         return out[0]
     return out[:, 0] if net_channels == 1 else out[0].mean(0, keepdim=True)
