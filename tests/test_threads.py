@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,35 @@ def test_run_configs_that_name_the_callback_in_dae_threads_still_build_it():
     from dae.threads import CoreShareCallback as named_in_older_configs
 
     assert named_in_older_configs is CoreShareCallback
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n", False),  # an AVX2 CPU: bf16 is emulated
+    ("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n", True),
+    ("processor\t: 0\nflags\t\t: avx2 amx_bf16 amx_tile\n", True),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True),  # Arm
+    ("no flags here\n", None),
+])
+def test_cpu_bf16_support_is_read_from_the_cpu_flags(text, expected, tmp_path):
+    from dae.training.threads import cpu_has_bf16
+
+    (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_has_bf16(tmp_path / "cpuinfo") is expected
+    assert cpu_has_bf16(tmp_path / "missing") is None
+
+
+def test_bf16_training_on_a_cpu_without_bf16_is_warned_about(mnist_dir, tmp_path, monkeypatch):
+    import dae.commands.cli
+    from dae.commands import main
+    from tests.conftest import fit_args
+
+    monkeypatch.chdir(tmp_path)
+    for has_bf16, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(dae.commands.cli, "cpu_has_bf16", lambda has=has_bf16: has)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            main(fit_args(mnist_dir, "--trainer.precision=bf16-mixed", "--trainer.max_steps=1",
+                          "--trainer.limit_val_batches=1", "--test_after_fit=false"))
+        messages = [str(w.message) for w in caught if "bfloat16 instructions" in str(w.message)]
+        assert bool(messages) is warned, messages
+        assert all("use --trainer.precision 32-true" in m for m in messages)

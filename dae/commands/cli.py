@@ -21,7 +21,7 @@ from lightning.pytorch.cli import (
     LightningCLI,
     SaveConfigCallback,
 )
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
@@ -45,7 +45,7 @@ from dae.training.runs import (
     remove_if_empty,
     version_folder,
 )
-from dae.training.threads import share_cores
+from dae.training.threads import cpu_has_bf16, share_cores
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
@@ -255,7 +255,13 @@ class DaeCLI(LightningCLI):
         callbacks = [c for c in callbacks if c is not None]
         if config.trainer.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+        trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+        if "bf16" in str(trainer.precision) and trainer.strategy.root_device.type == "cpu" and cpu_has_bf16() is False:
+            rank_zero_warn(
+                f"trainer.precision {trainer.precision} on a CPU without bfloat16 instructions (avx512_bf16, amx_bf16): "
+                "bf16 is emulated here and runs many times slower than fp32; use --trainer.precision 32-true"
+            )
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

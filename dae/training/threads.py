@@ -43,6 +43,25 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+# CPU flags of bfloat16 arithmetic: AVX-512 BF16 and AMX (x86), BF16 (Arm).
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes in bfloat16 natively (True), only by emulation (False), or cannot tell (None,
+    e.g. not Linux). Without it, bf16-mixed training on the CPU runs many times slower than fp32."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & BF16_FLAGS) if flags else None
+
+
 def default_registry() -> Path:
     """The folder of lock files that concurrent dae processes share."""
     uid = os.getuid() if hasattr(os, "getuid") else 0
