@@ -261,7 +261,7 @@ def test_an_unknown_network_name_lists_the_networks(given, tmp_path, monkeypatch
         main(["fit", f"--config={ROOT / 'configs' / 'mnist.yaml'}", *given])
     err = capsys.readouterr().err
     assert exit.value.code == 2
-    assert "--model.net UNett: no such class. --model.net takes one of: ConvAutoencoder, UNet, DnCNN" in err
+    assert "--model.net UNett: no such class. --model.net takes one of: ConvAutoencoder, UNet, DnCNN, DRUNet, FFDNet" in err
 
 
 def test_max_steps_that_max_epochs_cuts_short_are_warned_about_before_training(mnist_dir, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dae.nets import ConvAutoencoder, DnCNN, UNet
+from dae.nets import ConvAutoencoder, DnCNN, DRUNet, FFDNet, UNet
 
 
 def test_baseline_autoencoder_has_the_baseline_architecture():
@@ -36,9 +36,15 @@ def test_baseline_autoencoder_follows_channel_count():
 # 1x1 head 33 -> 465,953; three channels add 2*9*32 to the first conv and 2*32 + 2 to the head.
 # DnCNN(depth 8, width 32): first conv 320, six conv+BN layers 9,280 each, last conv 289 -> 56,289;
 # three channels add 2*9*32 to the first conv and 2*9*32 + 2 to the last.
+# DRUNet(width 32, depth 2, blocks 2), no biases: residual blocks 18*ch^2 each, 4 at 32 and 64 channels, 2 at 128
+# -> 958,464; 2x2 strided and transposed convs 2*4*(32*64 + 64*128) = 81,920; head and tail 9*32*c each.
+# FFDNet(depth 15, width 64): first conv 9*4c*64 + 64, 13 conv+BN layers 36,864 + 128 each, last conv 9*64*4c + 4c
+# -> 485,572 for one channel.
 NETS = {
     "unet": (lambda c: UNet(in_channels=c, width=32, depth=2), {1: 465_953, 3: 466_595}),
     "dncnn": (lambda c: DnCNN(in_channels=c, depth=8, width=32), {1: 56_289, 3: 57_443}),
+    "drunet": (lambda c: DRUNet(in_channels=c, width=32, depth=2, blocks=2), {1: 1_040_960, 3: 1_042_112}),
+    "ffdnet": (lambda c: FFDNet(in_channels=c, depth=15, width=64), {1: 485_572, 3: 494_796}),
 }
 
 
@@ -53,7 +59,8 @@ def test_fully_convolutional_nets_keep_shape_and_parameter_count(name, channels,
     assert net(x).shape == x.shape
 
 
-@pytest.mark.parametrize("make", [lambda: UNet(width=8, depth=3), lambda: DnCNN(depth=4, width=8)])
+@pytest.mark.parametrize("make", [lambda: UNet(width=8, depth=3), lambda: DnCNN(depth=4, width=8),
+                                  lambda: FFDNet(depth=4, width=8)])
 def test_residual_nets_return_the_input_minus_the_predicted_noise(make):
     net = make()
     last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
@@ -63,6 +70,15 @@ def test_residual_nets_return_the_input_minus_the_predicted_noise(make):
     assert torch.equal(net(x), x)  # zero noise estimate: the input passes through untouched
     torch.nn.init.constant_(last.bias, 0.25)
     assert torch.allclose(net(x), x - 0.25)
+
+
+def test_drunet_without_biases_passes_the_input_through_when_its_tail_is_zero():
+    net = DRUNet(width=8, depth=2, blocks=1)
+    assert not any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.bias is not None
+                   for m in net.modules())
+    torch.nn.init.zeros_(net.tail.weight)
+    x = torch.rand(3, 1, 13, 17)
+    assert torch.equal(net(x), x)
 
 
 def pixel_response(net, size: int, row: int, col: int) -> torch.Tensor:
@@ -83,6 +99,15 @@ def test_unet_skips_carry_full_resolution_detail():
     assert diff[27, 27] == 0  # but not the whole image: the field ends
 
 
+def test_drunet_and_ffdnet_see_beyond_their_3x3_layers_at_full_resolution():
+    torch.manual_seed(0)
+    drunet = DRUNet(width=4, depth=2, blocks=1, residual=False).eval()
+    assert pixel_response(drunet, size=32, row=8, col=8)[20, 20] > 0  # 12 pixels away, through the strided scales
+    ffdnet = FFDNet(depth=3, width=8, residual=False).eval()
+    changed = (pixel_response(ffdnet, size=32, row=16, col=16) > 0).nonzero()
+    assert 16 - changed[:, 0].min() >= 5  # 3 layers at half resolution: twice the reach of 3 at full resolution
+
+
 def test_dncnn_receptive_field_is_two_pixels_per_layer_plus_one():
     torch.manual_seed(0)
     net = DnCNN(depth=4, width=8, residual=False).eval()
@@ -98,6 +123,8 @@ def test_dncnn_receptive_field_is_two_pixels_per_layer_plus_one():
         (lambda: UNet(depth=0), "depth must be >= 1"),
         (lambda: DnCNN(depth=1), "depth must be >= 2"),
         (lambda: DnCNN(width=-3), "width must be >= 1"),
+        (lambda: DRUNet(blocks=0), "blocks must be >= 1"),
+        (lambda: FFDNet(depth=1), "depth must be >= 2"),
     ],
 )
 def test_bad_network_sizes_are_refused(make, match):

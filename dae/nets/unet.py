@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dae.nets.checks import check_sizes
+from dae.nets.padding import pad_to_multiple
 
 
 def _conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -49,11 +49,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
-        multiple = 2**self.depth
-        pad_h, pad_w = -height % multiple, -width % multiple
-        # Reflection needs the pad to be smaller than the side; replicate covers tiny images.
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        h = F.pad(x, (0, pad_w, 0, pad_h), mode=mode) if pad_h or pad_w else x
+        h = pad_to_multiple(x, 2**self.depth)
         skips = []
         for level, block in enumerate(self.down):
             h = block(h if level == 0 else self.pool(h))
