@@ -141,6 +141,29 @@ def test_misspelt_key_or_metric_fails_before_the_first_trial(mnist_dir, tmp_path
     assert not (tmp_path / "sweeps").exists()  # nothing was started
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("choices", [["constant", "cosin"], ["constant", "cosine", 3]])
+def test_every_choice_is_checked_before_the_first_trial(mnist_dir, tmp_path, monkeypatch, capsys, choices):
+    monkeypatch.chdir(tmp_path)
+    sweep = write_sweep(tmp_path, mnist_dir, params={"model.lr_schedule": {"type": "categorical", "choices": choices}})
+    assert main(["sweep", "--config", str(CONFIG), "--sweep", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dae sweep: error: ") and f"model.lr_schedule: expected 'constant' or 'cosine', got " \
+        f"{choices[-1]}" in err, err
+    assert not (tmp_path / "sweeps").exists()  # nothing was started
+
+
+def test_trial_whose_settings_the_configs_refuse_fails_as_a_value_error(mnist_dir, tmp_path):
+    """A trial's settings that the option parser refuses are a failed trial (ValueError), not an interruption
+    (SystemExit, which the sweep takes for Ctrl-C and retries)."""
+    spec = load_spec(write_sweep(tmp_path, mnist_dir, params={
+        "model.lr_schedule": {"type": "categorical", "choices": ["constant", "cosin"]}}))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"model.lr_schedule": "cosin"})
+    with pytest.raises(ValueError, match="model.lr_schedule: expected 'constant' or 'cosine', got cosin"):
+        run_trial(study.ask(), spec, [CONFIG], tmp_path / "sweep")
+
+
 def test_show_without_a_study_says_so(mnist_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     sweep = write_sweep(tmp_path, mnist_dir)
@@ -233,6 +256,21 @@ def test_three_trial_sweep_leaves_runs_a_table_and_a_best_yaml_that_retrains(mni
     assert main(["fit", "--config", str(sweep_dir / "best.yaml"), "--trainer.enable_progress_bar=false"]) == 0
     again = read_scalars(retrain / "lightning_logs" / "version_0")["val/psnr"][-1][1]
     assert again == pytest.approx(study.best_value, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_trial_that_raises_a_value_error_fails_and_the_sweep_goes_on(mnist_dir, tmp_path, monkeypatch):
+    """The module refuses a negative weight decay when the trial builds it: that trial fails, the next one runs."""
+    monkeypatch.chdir(tmp_path)
+    sweep = write_sweep(tmp_path, mnist_dir, n_trials=2, baseline_trial=False,
+                        params={"model.weight_decay": {"type": "categorical", "choices": [1.0e-5, -1.0]}},
+                        sampler={"class_path": "GridSampler",
+                                 "init_args": {"search_space": {"model.weight_decay": [1.0e-5, -1.0]}, "seed": 0}})
+    assert main(["sweep", "--config", str(CONFIG), "--sweep", str(sweep)]) == 0
+    trials = sorted(load(tmp_path / "sweeps" / "sweep").trials, key=lambda t: t.params["model.weight_decay"])
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "weight_decay must be >= 0" in trials[0].user_attrs["error"]
+    assert not trials[0].user_attrs.get("interrupted")
 
 
 class PauseInRun(L.Callback):

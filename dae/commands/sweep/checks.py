@@ -1,5 +1,5 @@
-"""Checks made before the first trial: the sweep's keys are settings of the configs, its values fit their
-types, and the model logs its metric; and the configs' own values of the searched keys."""
+"""Checks made before the first trial: the sweep's keys are settings of the configs, every value it can give
+fits their types, and the model logs its metric; and the configs' own values of the searched keys."""
 
 from __future__ import annotations
 
@@ -16,34 +16,44 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from dae.commands.cli import DaeCLI
 from dae.commands.sweep.spec import SweepSpec
-from dae.commands.sweep.trial import QUIET, config_args, override_args
+from dae.commands.sweep.trial import (
+    QUIET,
+    SettingsRefused,
+    SweepCLI,
+    config_args,
+    override_args,
+)
 
 
 class SweepConfigError(ValueError):
     """The sweep's configs and search space do not fit together; the message names the key or metric."""
 
 
-def sample_value(dist: BaseDistribution) -> Any:
-    """One value of ``dist`` (its lower end, or first choice), to check that the config accepts its type."""
-    return dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
+def checked_settings(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Settings of the searched keys that, between them, hold every choice of each categorical and both ends of
+    each range, so that parsing each one checks every type of value the sweep can give."""
+    values = {key: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
+              for key, d in spec.params.items()}
+    rounds = max(len(v) for v in values.values())
+    return [{key: v[i % len(v)] for key, v in values.items()} for i in range(rounds)]
 
 
 def resolved_config(configs: Sequence[str | Path], settings: dict[str, Any]) -> dict[str, Any]:
     """The full ``dae fit`` config (defaults included) that ``configs`` and ``settings`` give, as plain data.
 
-    Raises ``SweepConfigError`` with the option parser's message when it refuses them.
+    Raises ``SweepConfigError`` with the option parser's reason when it refuses them.
     """
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         try:
-            DaeCLI(args=["fit", *config_args(configs), *override_args(settings), "--print_config"])
-        except SystemExit as e:
+            SweepCLI(args=["fit", *config_args(configs), *override_args(settings), "--print_config"])
+        except SettingsRefused as e:
+            raise SweepConfigError(f"the configs {', '.join(map(str, configs))} refuse the sweep's settings: "
+                                   f"{e}") from None
+        except SystemExit as e:  # --print_config exits once it has printed
             if e.code not in (0, None):
-                message = " ".join(err.getvalue().split()) or f"exit status {e.code}"
-                raise SweepConfigError(f"the configs {', '.join(map(str, configs))} refuse the sweep's settings: "
-                                       f"{message}") from None
+                raise
     return yaml.safe_load(out.getvalue())
 
 
@@ -72,17 +82,17 @@ def check_keys(spec: SweepSpec, configs: Sequence[str | Path]) -> dict[str, Any]
                 raise SweepConfigError(
                     f"{spec.path}: {group}.{key} is not a setting of {', '.join(map(str, configs))}{hint}"
                 )
-    # The option parser checks the types: one value of every distribution, with the fixed settings.
-    resolved_config(configs, {**spec.fixed, **{key: sample_value(d) for key, d in spec.params.items()}})
+    for settings in checked_settings(spec):  # the option parser checks the types
+        resolved_config(configs, {**spec.fixed, **settings})
     return base
 
 
 def check_metric(spec: SweepSpec, configs: Sequence[str | Path]) -> None:
     """Build the model and data of a trial and run one validation batch; fail unless it logs ``spec.metric``."""
-    settings = {**spec.fixed, **{key: sample_value(d) for key, d in spec.params.items()}, **QUIET,
+    settings = {**spec.fixed, **checked_settings(spec)[0], **QUIET,
                 "trainer.logger": False, "trainer.limit_val_batches": 1}
     with contextlib.redirect_stdout(io.StringIO()):
-        cli = DaeCLI(args=[*config_args(configs), *override_args(settings)], run=False, save_config_callback=None)
+        cli = SweepCLI(args=[*config_args(configs), *override_args(settings)], run=False, save_config_callback=None)
         cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     logged = sorted(k for k in cli.trainer.callback_metrics if k.startswith("val/"))
     if spec.metric not in logged:

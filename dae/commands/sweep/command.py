@@ -32,6 +32,10 @@ from dae.commands.sweep.study import (
 from dae.commands.sweep.trial import run_trial
 
 DEFAULT_ROOT = Path("sweeps")
+# A trial that raises one of these failed as a result of its settings (a diverged run, settings that the configs
+# or the model refuse): it is recorded FAIL with the error, counts towards n_trials, is not retried, and the
+# sweep goes on with the next trial.
+TRIAL_FAILURES = (FloatingPointError, ValueError)
 
 
 class TrialInterrupted(Exception):
@@ -147,7 +151,7 @@ def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: i
                 code = 128 + signal.SIGTERM if isinstance(e, SIGTERMException) else 128 + signal.SIGINT
                 raise TrialInterrupted(code, f"trial {trial.number} interrupted; run the same command again to go on "
                                              "(it resumes from its last.ckpt)") from e
-            except FloatingPointError as e:  # the run diverged: a result of these settings, not to be retried
+            except TRIAL_FAILURES as e:
                 trial.set_user_attr("error", str(e))
                 raise
 
@@ -155,7 +159,7 @@ def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: i
             fail_dead_trials(study, storage, sweep_dir)
             if not trials_left(study, n_trials):
                 return
-            study.optimize(objective, n_trials=1, catch=(FloatingPointError,), gc_after_trial=True)
+            study.optimize(objective, n_trials=1, catch=TRIAL_FAILURES, gc_after_trial=True)
     finally:
         lock.release()
 

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import lightning as L
 import optuna
+from jsonargparse import ArgumentError
+from lightning.pytorch.cli import LightningArgumentParser
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -17,12 +19,17 @@ from optuna.distributions import (
 )
 
 from dae.commands.cli import DaeCLI
+from dae.commands.config_files import error_line
 from dae.commands.sweep.spec import SweepSpec
 from dae.training.checkpointing import LAST_NAME
 
 # Every trial runs quietly: several workers share one terminal, and Optuna prints a line per finished trial. A
 # trial is judged by its validation metric alone: the test split is not scored, so a sweep cannot tune on it.
 QUIET = {"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False, "test_after_fit": False}
+
+
+class SettingsRefused(ValueError):
+    """The configs refuse a setting of the sweep (a value of the wrong type, a choice they do not offer)."""
 
 
 def override_args(settings: dict[str, Any]) -> list[str]:
@@ -73,7 +80,21 @@ class MetricReporter(L.Callback):
             trainer.should_stop = True
 
 
-class TrialCLI(DaeCLI):
+class SweepCLI(DaeCLI):
+    """dae's CLI for settings that the sweep made: one that the option parser refuses raises ``SettingsRefused``
+    with the parser's one-line reason, where the command line would print usage and exit."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        return super().init_parser(**kwargs, exit_on_error=False)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            raise SettingsRefused(error_line(str(e))) from None
+
+
+class TrialCLI(SweepCLI):
     """``dae fit`` with extra callbacks for one trial."""
 
     def __init__(self, args: list[str], callbacks: list[L.Callback]) -> None:
