@@ -24,7 +24,7 @@ from optuna.trial import TrialState  # noqa: E402
 from dae.training.callbacks import read_scalars  # noqa: E402
 from dae.commands import main  # noqa: E402
 from dae.commands.sweep.spec import SweepFileError, load_spec  # noqa: E402
-from dae.commands.sweep.study import JOURNAL_NAME, make_storage  # noqa: E402
+from dae.commands.sweep.study import JOURNAL_NAME, fail_dead_trials, make_storage  # noqa: E402
 from dae.commands.sweep.trial import run_trial  # noqa: E402
 from tests.conftest import ROOT, dae_subprocess  # noqa: E402
 
@@ -162,6 +162,51 @@ def test_trial_whose_settings_the_configs_refuse_fails_as_a_value_error(mnist_di
     study.enqueue_trial({"model.lr_schedule": "cosin"})
     with pytest.raises(ValueError, match="model.lr_schedule: expected 'constant' or 'cosine', got cosin"):
         run_trial(study.ask(), spec, [CONFIG], tmp_path / "sweep")
+
+
+@pytest.mark.parametrize("run_dir", ["../precious", "PRECIOUS", "trial_000/../../precious", "trial_005"])
+def test_trial_removes_no_folder_outside_the_sweep_whatever_the_study_says(mnist_dir, tmp_path, run_dir):
+    """The storage names each trial's run folder, which is removed when it holds no last.ckpt; a name that leads
+    out of the sweep's folder (relative, absolute, or a link in it) fails the trial and removes nothing."""
+    precious = tmp_path / "precious"
+    (precious / "keep").mkdir(parents=True)
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "trial_005").symlink_to(precious)
+    spec = load_spec(write_sweep(tmp_path, mnist_dir))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"model.lr": 3e-3, "model.weight_decay": 1e-5},
+                        user_attrs={"run_dir": str(precious) if run_dir == "PRECIOUS" else run_dir})
+    with pytest.raises(ValueError, match="run folder"):
+        run_trial(study.ask(), spec, [CONFIG], sweep_dir)
+    assert (precious / "keep").is_dir()
+
+
+@pytest.mark.parametrize("recorded, requeued", [("precious", False), ("link", False), ("notes", False),
+                                                ("dead", True)])
+def test_dead_worker_lock_is_removed_only_when_it_is_a_workers_lock_file(tmp_path, recorded, requeued):
+    """A RUNNING trial records its worker's lock file, which is removed once its worker is gone (a lock that
+    anyone can take); a recorded path that is no worker's lock file (locks/HOST-PID-RANDOM.lock, links resolved)
+    is never touched, and its trial is left alone."""
+    precious = tmp_path / "precious.lock"
+    precious.write_text("keep me")
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "host-1-0123abcd.lock").symlink_to(precious)
+    dead = tmp_path / "other_sweep" / "locks" / "host-2-0123abcd.lock"  # another sweep's folder, one storage
+    dead.parent.mkdir(parents=True)
+    dead.touch()
+    paths = {"precious": precious, "link": tmp_path / "locks" / "host-1-0123abcd.lock",
+             "notes": tmp_path / "notes.txt", "dead": dead}
+    sweep_dir = tmp_path / "sweep"
+    storage = make_storage(None, sweep_dir)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("worker_host", socket.gethostname())
+    trial.set_user_attr("worker_lock", str(paths[recorded]))
+    assert fail_dead_trials(study, storage, sweep_dir) == ([trial.number] if requeued else [])
+    assert precious.read_text() == "keep me" and (tmp_path / "notes.txt").read_text() == "keep me"
+    assert dead.exists() != requeued
 
 
 def test_show_without_a_study_says_so(mnist_dir, tmp_path, monkeypatch, capsys):
