@@ -23,8 +23,14 @@ from optuna.trial import TrialState  # noqa: E402
 
 from dae.training.callbacks import read_scalars  # noqa: E402
 from dae.commands import main  # noqa: E402
+from dae.commands.sweep import command  # noqa: E402
 from dae.commands.sweep.spec import SweepFileError, load_spec  # noqa: E402
-from dae.commands.sweep.study import JOURNAL_NAME, fail_dead_trials, make_storage  # noqa: E402
+from dae.commands.sweep.study import (  # noqa: E402
+    JOURNAL_NAME,
+    fail_dead_trials,
+    make_storage,
+    shown_url,
+)
 from dae.commands.sweep.trial import run_trial  # noqa: E402
 from tests.conftest import ROOT, dae_subprocess  # noqa: E402
 
@@ -207,6 +213,52 @@ def test_dead_worker_lock_is_removed_only_when_it_is_a_workers_lock_file(tmp_pat
     assert fail_dead_trials(study, storage, sweep_dir) == ([trial.number] if requeued else [])
     assert precious.read_text() == "keep me" and (tmp_path / "notes.txt").read_text() == "keep me"
     assert dead.exists() != requeued
+
+
+# ------------------------------------------------------------------------------------------- the storage's password
+
+SECRET_URL = "postgresql://dae:s3cret@dbhost:5432/dae_sweeps"
+
+
+@pytest.mark.parametrize("url", [SECRET_URL, "postgres ql://dae:s3cret@dbhost:5432/dae_sweeps",
+                                 "dae:s3cret@dbhost:5432/dae_sweeps"])
+def test_storage_url_shown_in_messages_has_no_password(url):
+    """Also a URL that SQLAlchemy cannot read (whose error message names it)."""
+    shown = shown_url(url)
+    assert "s3cret" not in shown and shown.endswith("@dbhost:5432/dae_sweeps"), shown
+
+
+@pytest.fixture
+def storage_of_any_url(monkeypatch) -> optuna.storages.BaseStorage:
+    """One in-memory storage that ``dae sweep`` uses whatever --storage URL it is given."""
+    storage = optuna.storages.InMemoryStorage()
+    monkeypatch.setattr(command, "make_storage", lambda url, sweep_dir: storage)
+    return storage
+
+
+@pytest.mark.parametrize("recorded", [None, {"metric": "val/loss"}])
+def test_messages_never_show_the_database_password(mnist_dir, tmp_path, monkeypatch, capsys, storage_of_any_url,
+                                                   recorded):
+    """--show of a study that is not there, and of one made with another search."""
+    monkeypatch.chdir(tmp_path)
+    if recorded is not None:
+        optuna.create_study(study_name="sweep", storage=storage_of_any_url).set_user_attr("sweep", recorded)
+    sweep = write_sweep(tmp_path, mnist_dir)
+    assert main(["sweep", "--sweep", str(sweep), "--storage", SECRET_URL, "--show"]) == 2
+    err = capsys.readouterr().err
+    assert "postgresql://dae:***@dbhost:5432/dae_sweeps" in err and "s3cret" not in err, err
+
+
+@pytest.mark.slow
+def test_start_banner_never_shows_the_database_password(mnist_dir, tmp_path, monkeypatch, capsys,
+                                                        storage_of_any_url):
+    monkeypatch.chdir(tmp_path)
+    study = optuna.create_study(study_name="sweep", storage=storage_of_any_url, direction="maximize")
+    study.add_trial(optuna.create_trial(state=TrialState.PRUNED))  # the one trial asked for has run
+    sweep = write_sweep(tmp_path, mnist_dir, n_trials=1)
+    assert main(["sweep", "--config", str(CONFIG), "--sweep", str(sweep), "--storage", SECRET_URL]) == 0
+    err = capsys.readouterr().err
+    assert "study sweep in postgresql://dae:***@dbhost:5432/dae_sweeps" in err and "s3cret" not in err, err
 
 
 def test_show_without_a_study_says_so(mnist_dir, tmp_path, monkeypatch, capsys):

@@ -28,6 +28,7 @@ from dae.commands.sweep.study import (
     WorkerLock,
     fail_dead_trials,
     make_storage,
+    storage_name,
 )
 from dae.commands.sweep.trial import run_trial
 
@@ -65,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trials to run in all, over all workers; interrupted ones are retried and not counted "
                              "(default: the sweep file's n_trials)")
     parser.add_argument("--storage", metavar="URL",
-                        help="Optuna RDB storage shared by workers on many machines, e.g. "
-                             "postgresql://user:password@host/db (default: a journal file in the sweep's folder)")
+                        help="Optuna RDB storage shared by workers on many machines, e.g. postgresql://user@host/db "
+                             "with the password in PGPASSWORD or ~/.pgpass, never in the URL, which ps shows "
+                             "(default: a journal file in the sweep's folder)")
     parser.add_argument("--workers", type=int, default=1, metavar="K",
                         help="worker processes on this machine, each with cores/K threads (default 1)")
     parser.add_argument("--threads", type=int, metavar="T",
@@ -85,7 +87,7 @@ def open_study(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path,
 
     Returns the study, its storage and whether this call created it.
     """
-    where = args.storage or sweep_dir / JOURNAL_NAME
+    where = storage_name(args.storage, sweep_dir)
     missing = FileNotFoundError(f"{where}: no study {spec.study_name} yet; start it with dae sweep --config ...")
     if not create and args.storage is None and not (sweep_dir / JOURNAL_NAME).is_file():
         raise missing
@@ -247,7 +249,7 @@ def sweep(args: argparse.Namespace) -> int:
         if workers is not None:
             workers.cancel()
         raise
-    print(f"dae sweep: study {spec.study_name} in {args.storage or sweep_dir / JOURNAL_NAME}, run folders in "
+    print(f"dae sweep: study {spec.study_name} in {storage_name(args.storage, sweep_dir)}, run folders in "
           f"{sweep_dir}/, {n_trials} trials, {args.workers} worker(s) x {threads} thread(s)", file=sys.stderr)
     code = 0
     if workers is None:

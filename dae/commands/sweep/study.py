@@ -73,11 +73,16 @@ def make_storage(storage: str | None, sweep_dir: Path) -> BaseStorage:
 
 
 def shown_url(url: str) -> str:
-    """A database URL fit for messages: the password masked."""
+    """A database URL fit for messages: the password masked (all before the last ``@`` of one that does not parse)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return url
+        return f"***{url[url.rindex('@'):]}" if "@" in url else url
+
+
+def storage_name(storage: str | None, sweep_dir: Path) -> str:
+    """Where the study lives, as every message names it: the ``--storage`` URL (password masked) or the journal."""
+    return shown_url(storage) if storage is not None else str(sweep_dir / JOURNAL_NAME)
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
