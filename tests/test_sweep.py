@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 import yaml
 
 optuna = pytest.importorskip("optuna", reason="dae sweep needs the sweep extra: pip install -e '.[sweep]'")
@@ -22,6 +23,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState  # noqa: E402
 
 from dae.training.callbacks import read_scalars  # noqa: E402
+from dae.training.threads import available_cores  # noqa: E402
 from dae.commands import main  # noqa: E402
 from dae.commands.sweep import command  # noqa: E402
 from dae.commands.sweep.spec import SweepFileError, load_spec  # noqa: E402
@@ -368,6 +370,38 @@ def test_a_trial_that_raises_a_value_error_fails_and_the_sweep_goes_on(mnist_dir
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert "weight_decay must be >= 0" in trials[0].user_attrs["error"]
     assert not trials[0].user_attrs.get("interrupted")
+
+
+class ThreadsProbe(L.Callback):
+    """Appends the torch thread count to ``path`` after every training batch."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_batch_end(self, *args) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{torch.get_num_threads()}\n")
+
+
+@pytest.mark.slow
+def test_threads_given_by_hand_hold_for_the_whole_trial(mnist_dir, tmp_path, monkeypatch):
+    """dae sweep --threads 1 by a lone dae process on a machine of several cores, whose share would be them all."""
+    if available_cores() < 2:
+        pytest.skip("needs a machine with 2 cores or more")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # set by hand, they would hide the share
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAE_CORE_REGISTRY", str(tmp_path / "cores"))  # no other dae process counts
+    probe = tmp_path / "threads.txt"
+    overlay = tmp_path / "probe.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
+        "class_path": "tests.test_sweep.ThreadsProbe", "init_args": {"path": str(probe)}}]}}))
+    sweep = write_sweep(tmp_path, mnist_dir, n_trials=1)
+    proc = dae_subprocess(tmp_path, ["sweep", "--config", str(CONFIG), "--config", str(overlay), "--sweep", str(sweep),
+                                     "--dir", "out", "--threads", "1"])
+    assert proc.wait(timeout=240) == 0, (tmp_path / "dae.log").read_text()
+    assert set(probe.read_text().split()) == {"1"}
+    assert load(tmp_path / "out").trials[0].user_attrs["threads"] == 1
 
 
 class PauseInRun(L.Callback):

@@ -31,6 +31,7 @@ from dae.commands.sweep.study import (
     storage_name,
 )
 from dae.commands.sweep.trial import run_trial
+from dae.training.threads import fix_threads
 
 DEFAULT_ROOT = Path("sweeps")
 # A trial that raises one of these failed as a result of its settings (a diverged run, settings that the configs
@@ -133,7 +134,10 @@ def trials_left(study: optuna.Study, n_trials: int) -> bool:
 
 def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: int, threads: int) -> None:
     """Run trials until ``n_trials`` have run or are running (see ``trials_left``), this worker's share."""
-    torch.set_num_threads(threads)
+    if args.threads is not None:
+        fix_threads(threads)  # given by hand: trials keep it, whatever share of the cores they would take
+    else:
+        torch.set_num_threads(threads)
     lock = WorkerLock(sweep_dir)
     try:
         study, storage, _ = open_study(spec, args, sweep_dir, create=False)
