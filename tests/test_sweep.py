@@ -26,11 +26,14 @@ from dae.training.callbacks import read_scalars  # noqa: E402
 from dae.training.threads import available_cores  # noqa: E402
 from dae.commands import main  # noqa: E402
 from dae.commands.sweep import command  # noqa: E402
+from dae.commands.sweep.checks import base_values  # noqa: E402
+from dae.commands.sweep.report import summary  # noqa: E402
 from dae.commands.sweep.spec import SweepFileError, load_spec  # noqa: E402
 from dae.commands.sweep.study import (  # noqa: E402
     JOURNAL_NAME,
     fail_dead_trials,
     make_storage,
+    retry_trial,
     shown_url,
 )
 from dae.commands.sweep.trial import run_trial  # noqa: E402
@@ -215,6 +218,77 @@ def test_dead_worker_lock_is_removed_only_when_it_is_a_workers_lock_file(tmp_pat
     assert fail_dead_trials(study, storage, sweep_dir) == ([trial.number] if requeued else [])
     assert precious.read_text() == "keep me" and (tmp_path / "notes.txt").read_text() == "keep me"
     assert dead.exists() != requeued
+
+
+# ---------------------------------------------------------------------------------------- the given config first
+
+
+def test_given_config_values_outside_a_range_move_to_its_nearest_end(mnist_dir, tmp_path):
+    spec = load_spec(write_sweep(tmp_path, mnist_dir, params={
+        "model.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-4, "log": True},
+        "model.net.init_args.width": {"type": "int", "low": 8, "high": 32, "step": 8},
+    }))
+    base = {"model": {"lr": 2e-3, "weight_decay": 0.0, "net": {"class_path": "x.Net", "init_args": {"width": 64}}}}
+    values, moved, outside = base_values(spec, base)
+    assert values == {"model.lr": 2e-3, "model.weight_decay": 1e-6, "model.net.init_args.width": 32}
+    assert sorted(moved) == ["model.net.init_args.width 64 -> 32", "model.weight_decay 0.0 -> 1e-06"]
+    assert outside == []
+
+
+def test_given_config_value_that_is_none_of_the_choices_runs_no_first_trial(mnist_dir, tmp_path):
+    spec = load_spec(write_sweep(tmp_path, mnist_dir, params={
+        "model.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.lr_schedule": {"type": "categorical", "choices": ["cosine"]},
+    }))
+    values, moved, outside = base_values(spec, {"model": {"lr": 1e-3, "lr_schedule": "constant"}})
+    assert outside == ["model.lr_schedule=constant"] and moved == []
+
+
+def finished_trial(number: int, value: float, **user_attrs) -> optuna.trial.FrozenTrial:
+    return optuna.create_trial(params={"model.lr": 1e-3 * (number + 1)},
+                               distributions={"model.lr": FloatDistribution(1e-4, 1e-2, log=True)}, value=value,
+                               user_attrs={"run_dir": f"trial_{number:03d}", "config": "model: {}\n", **user_attrs})
+
+
+@pytest.mark.parametrize("direction, values, line", [
+    ("maximize", (17.77, 17.1, 18.02), "best: trial 2, val/psnr = 18.0200 (+0.2500 against the given config, trial 0)"),
+    ("maximize", (17.77, 17.1, 17.5), "best: trial 0 (the given config), val/psnr = 17.7700"),
+    ("minimize", (0.5, 0.4, 0.6), "best: trial 1, val/psnr = 0.4000 (-0.1000 against the given config, trial 0)"),
+])
+def test_summary_shows_the_gain_over_the_given_config(tmp_path, direction, values, line):
+    study = optuna.create_study(direction=direction)
+    for number, value in enumerate(values):
+        study.add_trial(finished_trial(number, value, **({"base_config": True} if number == 0 else {})))
+    text = summary(study, tmp_path, "val/psnr")
+    assert line in text, text
+    assert "| 0     | COMPLETE (given config) |" in text
+
+
+def test_retry_of_the_given_config_is_marked_as_it(tmp_path):
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(
+        state=TrialState.FAIL, params={"model.lr": 1e-3},
+        distributions={"model.lr": FloatDistribution(1e-4, 1e-2, log=True)},
+        user_attrs={"run_dir": "trial_000", "base_config": True, "interrupted": True}))
+    retry_trial(study, study.trials[0])
+    assert study.trials[1].user_attrs["base_config"] and study.trials[1].user_attrs["retry_of"] == 0
+
+
+@pytest.mark.slow
+def test_sweep_starts_with_the_given_config_moved_into_the_search_space(mnist_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep = write_sweep(tmp_path, mnist_dir, n_trials=1, params={
+        "model.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.weight_decay": {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True},  # the config's: 1e-5
+    })
+    assert main(["sweep", "--config", str(CONFIG), "--sweep", str(sweep)]) == 0
+    trial = load(tmp_path / "sweeps" / "sweep").trials[0]
+    assert trial.user_attrs["base_config"] and trial.state == TrialState.COMPLETE
+    assert trial.params == {"model.lr": 1e-3, "model.weight_decay": 1e-4}
+    out, err = capsys.readouterr()
+    assert "model.weight_decay 1e-05 -> 0.0001" in err
+    assert "best: trial 0 (the given config)" in out
 
 
 # ------------------------------------------------------------------------------------------- the storage's password

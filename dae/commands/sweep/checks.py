@@ -102,26 +102,46 @@ def check_metric(spec: SweepSpec, configs: Sequence[str | Path]) -> None:
                                f"the model logs {', '.join(logged)}")
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def in_distribution(value: Any, dist: BaseDistribution) -> bool:
     """Whether ``dist`` can give ``value`` (steps are not checked: the sampler rounds to them)."""
     if isinstance(dist, CategoricalDistribution):
         return value in dist.choices
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return False
     return dist.low <= value <= dist.high and (not isinstance(dist, IntDistribution) or float(value).is_integer())
 
 
-def base_values(spec: SweepSpec, base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The base config's own values of the searched keys, and ``key=value`` for those outside the search space."""
-    values, outside = {}, []
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """The value of a dotted key in a resolved config (``a.b`` also finds ``a.init_args.b``); None if absent."""
+    node: Any = config
+    for part in key.split("."):
+        if isinstance(node, dict) and part not in node and "init_args" in node:
+            node = node["init_args"]
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def base_values(spec: SweepSpec, base: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The given config's values of the searched keys, for the first trial, which runs that config.
+
+    A number outside its range takes the range's nearest end, so that the trial stays in the search space that
+    the sampler models (listed in the second item as ``key value -> new value``). A value with no nearest one (not
+    a number, or none of a categorical's choices) is listed in the third item as ``key=value``: then no trial of
+    the given config can run.
+    """
+    values, moved, outside = {}, [], []
     for key, dist in spec.params.items():
-        node: Any = base
-        for part in key.split("."):
-            if isinstance(node, dict) and part not in node and "init_args" in node:
-                node = node["init_args"]
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None or not in_distribution(node, dist):
-            outside.append(f"{key}={node}")
-        else:
-            values[key] = node
-    return values, outside
+        value = nearest = config_value(base, key)
+        if not isinstance(dist, CategoricalDistribution) and is_number(value):
+            nearest = min(max(value, dist.low), dist.high)
+        if not in_distribution(nearest, dist):
+            outside.append(f"{key}={value}")
+            continue
+        if nearest != value:
+            moved.append(f"{key} {value} -> {nearest}")
+        values[key] = nearest
+    return values, moved, outside

@@ -266,17 +266,20 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def prepare(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path) -> optuna.Study:
-    """Check the sweep against the configs, then open (or create) the study; a new one runs the untuned
-    config first when its values lie in the search space."""
+    """Check the sweep against the configs, then open (or create) the study; a new one runs the given config
+    first (see ``base_values``), so that the best trial is never worse than it and the summary shows the gain."""
     base = check_keys(spec, args.config)
     check_metric(spec, args.config)
     study, _, created = open_study(spec, args, sweep_dir, create=True)
     if spec.baseline_trial and created:
-        values, outside = base_values(spec, base)
+        values, moved, outside = base_values(spec, base)
         if outside:
-            print(f"dae sweep: no trial of the untuned config: {', '.join(outside)} lies outside the search space",
+            print(f"dae sweep: no trial of the given config: {', '.join(outside)} lies outside the search space",
                   file=sys.stderr)
-        else:  # the untuned config as trial 0, so the table shows what tuning gained
+        else:
+            if moved:
+                print(f"dae sweep: trial 0 runs the given config with {', '.join(moved)} (the nearest end of the "
+                      "search range)", file=sys.stderr)
             study.enqueue_trial(values, user_attrs={"base_config": True})
     return study
 

@@ -93,12 +93,13 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     attempts = trial.user_attrs.get("attempt", 1)
     if attempts > MAX_RETRIES:
         return
+    given = {"base_config": True} if trial.user_attrs.get("base_config") else {}
     study.add_trial(optuna.create_trial(
         state=TrialState.WAITING,
         params=trial.params,
         distributions=trial.distributions,
         user_attrs={"run_dir": trial.user_attrs.get("run_dir", f"trial_{trial.number:03d}"),
-                    "retry_of": trial.number, "retry_of_first": original, "attempt": attempts + 1},
+                    "retry_of": trial.number, "retry_of_first": original, "attempt": attempts + 1, **given},
     ))
 
 
