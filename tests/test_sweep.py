@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 import yaml
 
 optuna = pytest.importorskip("optuna", reason="dae sweep needs the sweep extra: pip install -e '.[sweep]'")
@@ -22,9 +23,19 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState  # noqa: E402
 
 from dae.training.callbacks import read_scalars  # noqa: E402
+from dae.training.threads import available_cores  # noqa: E402
 from dae.commands import main  # noqa: E402
+from dae.commands.sweep import command  # noqa: E402
+from dae.commands.sweep.checks import base_values  # noqa: E402
+from dae.commands.sweep.report import summary  # noqa: E402
 from dae.commands.sweep.spec import SweepFileError, load_spec  # noqa: E402
-from dae.commands.sweep.study import JOURNAL_NAME, make_storage  # noqa: E402
+from dae.commands.sweep.study import (  # noqa: E402
+    JOURNAL_NAME,
+    fail_dead_trials,
+    make_storage,
+    retry_trial,
+    shown_url,
+)
 from dae.commands.sweep.trial import run_trial  # noqa: E402
 from tests.conftest import ROOT, dae_subprocess  # noqa: E402
 
@@ -141,6 +152,191 @@ def test_misspelt_key_or_metric_fails_before_the_first_trial(mnist_dir, tmp_path
     assert not (tmp_path / "sweeps").exists()  # nothing was started
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("choices", [["constant", "cosin"], ["constant", "cosine", 3]])
+def test_every_choice_is_checked_before_the_first_trial(mnist_dir, tmp_path, monkeypatch, capsys, choices):
+    monkeypatch.chdir(tmp_path)
+    sweep = write_sweep(tmp_path, mnist_dir, params={"model.lr_schedule": {"type": "categorical", "choices": choices}})
+    assert main(["sweep", "--config", str(CONFIG), "--sweep", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dae sweep: error: ") and f"model.lr_schedule: expected 'constant' or 'cosine', got " \
+        f"{choices[-1]}" in err, err
+    assert not (tmp_path / "sweeps").exists()  # nothing was started
+
+
+def test_trial_whose_settings_the_configs_refuse_fails_as_a_value_error(mnist_dir, tmp_path):
+    """A trial's settings that the option parser refuses are a failed trial (ValueError), not an interruption
+    (SystemExit, which the sweep takes for Ctrl-C and retries)."""
+    spec = load_spec(write_sweep(tmp_path, mnist_dir, params={
+        "model.lr_schedule": {"type": "categorical", "choices": ["constant", "cosin"]}}))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"model.lr_schedule": "cosin"})
+    with pytest.raises(ValueError, match="model.lr_schedule: expected 'constant' or 'cosine', got cosin"):
+        run_trial(study.ask(), spec, [CONFIG], tmp_path / "sweep")
+
+
+@pytest.mark.parametrize("run_dir", ["../precious", "PRECIOUS", "trial_000/../../precious", "trial_005"])
+def test_trial_removes_no_folder_outside_the_sweep_whatever_the_study_says(mnist_dir, tmp_path, run_dir):
+    """The storage names each trial's run folder, which is removed when it holds no last.ckpt; a name that leads
+    out of the sweep's folder (relative, absolute, or a link in it) fails the trial and removes nothing."""
+    precious = tmp_path / "precious"
+    (precious / "keep").mkdir(parents=True)
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "trial_005").symlink_to(precious)
+    spec = load_spec(write_sweep(tmp_path, mnist_dir))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"model.lr": 3e-3, "model.weight_decay": 1e-5},
+                        user_attrs={"run_dir": str(precious) if run_dir == "PRECIOUS" else run_dir})
+    with pytest.raises(ValueError, match="run folder"):
+        run_trial(study.ask(), spec, [CONFIG], sweep_dir)
+    assert (precious / "keep").is_dir()
+
+
+@pytest.mark.parametrize("recorded, requeued", [("precious", False), ("link", False), ("notes", False),
+                                                ("dead", True)])
+def test_dead_worker_lock_is_removed_only_when_it_is_a_workers_lock_file(tmp_path, recorded, requeued):
+    """A RUNNING trial records its worker's lock file, which is removed once its worker is gone (a lock that
+    anyone can take); a recorded path that is no worker's lock file (locks/HOST-PID-RANDOM.lock, links resolved)
+    is never touched, and its trial is left alone."""
+    precious = tmp_path / "precious.lock"
+    precious.write_text("keep me")
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "host-1-0123abcd.lock").symlink_to(precious)
+    dead = tmp_path / "other_sweep" / "locks" / "host-2-0123abcd.lock"  # another sweep's folder, one storage
+    dead.parent.mkdir(parents=True)
+    dead.touch()
+    paths = {"precious": precious, "link": tmp_path / "locks" / "host-1-0123abcd.lock",
+             "notes": tmp_path / "notes.txt", "dead": dead}
+    sweep_dir = tmp_path / "sweep"
+    storage = make_storage(None, sweep_dir)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("worker_host", socket.gethostname())
+    trial.set_user_attr("worker_lock", str(paths[recorded]))
+    assert fail_dead_trials(study, storage, sweep_dir) == ([trial.number] if requeued else [])
+    assert precious.read_text() == "keep me" and (tmp_path / "notes.txt").read_text() == "keep me"
+    assert dead.exists() != requeued
+
+
+# ---------------------------------------------------------------------------------------- the given config first
+
+
+def test_given_config_values_outside_a_range_move_to_its_nearest_end(mnist_dir, tmp_path):
+    spec = load_spec(write_sweep(tmp_path, mnist_dir, params={
+        "model.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-4, "log": True},
+        "model.net.init_args.width": {"type": "int", "low": 8, "high": 32, "step": 8},
+    }))
+    base = {"model": {"lr": 2e-3, "weight_decay": 0.0, "net": {"class_path": "x.Net", "init_args": {"width": 64}}}}
+    values, moved, outside = base_values(spec, base)
+    assert values == {"model.lr": 2e-3, "model.weight_decay": 1e-6, "model.net.init_args.width": 32}
+    assert sorted(moved) == ["model.net.init_args.width 64 -> 32", "model.weight_decay 0.0 -> 1e-06"]
+    assert outside == []
+
+
+def test_given_config_value_that_is_none_of_the_choices_runs_no_first_trial(mnist_dir, tmp_path):
+    spec = load_spec(write_sweep(tmp_path, mnist_dir, params={
+        "model.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.lr_schedule": {"type": "categorical", "choices": ["cosine"]},
+    }))
+    values, moved, outside = base_values(spec, {"model": {"lr": 1e-3, "lr_schedule": "constant"}})
+    assert outside == ["model.lr_schedule=constant"] and moved == []
+
+
+def finished_trial(number: int, value: float, **user_attrs) -> optuna.trial.FrozenTrial:
+    return optuna.create_trial(params={"model.lr": 1e-3 * (number + 1)},
+                               distributions={"model.lr": FloatDistribution(1e-4, 1e-2, log=True)}, value=value,
+                               user_attrs={"run_dir": f"trial_{number:03d}", "config": "model: {}\n", **user_attrs})
+
+
+@pytest.mark.parametrize("direction, values, line", [
+    ("maximize", (17.77, 17.1, 18.02), "best: trial 2, val/psnr = 18.0200 (+0.2500 against the given config, trial 0)"),
+    ("maximize", (17.77, 17.1, 17.5), "best: trial 0 (the given config), val/psnr = 17.7700"),
+    ("minimize", (0.5, 0.4, 0.6), "best: trial 1, val/psnr = 0.4000 (-0.1000 against the given config, trial 0)"),
+])
+def test_summary_shows_the_gain_over_the_given_config(tmp_path, direction, values, line):
+    study = optuna.create_study(direction=direction)
+    for number, value in enumerate(values):
+        study.add_trial(finished_trial(number, value, **({"base_config": True} if number == 0 else {})))
+    text = summary(study, tmp_path, "val/psnr")
+    assert line in text, text
+    assert "| 0     | COMPLETE (given config) |" in text
+
+
+def test_retry_of_the_given_config_is_marked_as_it(tmp_path):
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(
+        state=TrialState.FAIL, params={"model.lr": 1e-3},
+        distributions={"model.lr": FloatDistribution(1e-4, 1e-2, log=True)},
+        user_attrs={"run_dir": "trial_000", "base_config": True, "interrupted": True}))
+    retry_trial(study, study.trials[0])
+    assert study.trials[1].user_attrs["base_config"] and study.trials[1].user_attrs["retry_of"] == 0
+
+
+@pytest.mark.slow
+def test_sweep_starts_with_the_given_config_moved_into_the_search_space(mnist_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep = write_sweep(tmp_path, mnist_dir, n_trials=1, params={
+        "model.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.weight_decay": {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True},  # the config's: 1e-5
+    })
+    assert main(["sweep", "--config", str(CONFIG), "--sweep", str(sweep)]) == 0
+    trial = load(tmp_path / "sweeps" / "sweep").trials[0]
+    assert trial.user_attrs["base_config"] and trial.state == TrialState.COMPLETE
+    assert trial.params == {"model.lr": 1e-3, "model.weight_decay": 1e-4}
+    out, err = capsys.readouterr()
+    assert "model.weight_decay 1e-05 -> 0.0001" in err
+    assert "best: trial 0 (the given config)" in out
+
+
+# ------------------------------------------------------------------------------------------- the storage's password
+
+SECRET_URL = "postgresql://dae:s3cret@dbhost:5432/dae_sweeps"
+
+
+@pytest.mark.parametrize("url", [SECRET_URL, "postgres ql://dae:s3cret@dbhost:5432/dae_sweeps",
+                                 "dae:s3cret@dbhost:5432/dae_sweeps"])
+def test_storage_url_shown_in_messages_has_no_password(url):
+    """Also a URL that SQLAlchemy cannot read (whose error message names it)."""
+    shown = shown_url(url)
+    assert "s3cret" not in shown and shown.endswith("@dbhost:5432/dae_sweeps"), shown
+
+
+@pytest.fixture
+def storage_of_any_url(monkeypatch) -> optuna.storages.BaseStorage:
+    """One in-memory storage that ``dae sweep`` uses whatever --storage URL it is given."""
+    storage = optuna.storages.InMemoryStorage()
+    monkeypatch.setattr(command, "make_storage", lambda url, sweep_dir: storage)
+    return storage
+
+
+@pytest.mark.parametrize("recorded", [None, {"metric": "val/loss"}])
+def test_messages_never_show_the_database_password(mnist_dir, tmp_path, monkeypatch, capsys, storage_of_any_url,
+                                                   recorded):
+    """--show of a study that is not there, and of one made with another search."""
+    monkeypatch.chdir(tmp_path)
+    if recorded is not None:
+        optuna.create_study(study_name="sweep", storage=storage_of_any_url).set_user_attr("sweep", recorded)
+    sweep = write_sweep(tmp_path, mnist_dir)
+    assert main(["sweep", "--sweep", str(sweep), "--storage", SECRET_URL, "--show"]) == 2
+    err = capsys.readouterr().err
+    assert "postgresql://dae:***@dbhost:5432/dae_sweeps" in err and "s3cret" not in err, err
+
+
+@pytest.mark.slow
+def test_start_banner_never_shows_the_database_password(mnist_dir, tmp_path, monkeypatch, capsys,
+                                                        storage_of_any_url):
+    monkeypatch.chdir(tmp_path)
+    study = optuna.create_study(study_name="sweep", storage=storage_of_any_url, direction="maximize")
+    study.add_trial(optuna.create_trial(state=TrialState.PRUNED))  # the one trial asked for has run
+    sweep = write_sweep(tmp_path, mnist_dir, n_trials=1)
+    assert main(["sweep", "--config", str(CONFIG), "--sweep", str(sweep), "--storage", SECRET_URL]) == 0
+    err = capsys.readouterr().err
+    assert "study sweep in postgresql://dae:***@dbhost:5432/dae_sweeps" in err and "s3cret" not in err, err
+
+
 def test_show_without_a_study_says_so(mnist_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     sweep = write_sweep(tmp_path, mnist_dir)
@@ -233,6 +429,53 @@ def test_three_trial_sweep_leaves_runs_a_table_and_a_best_yaml_that_retrains(mni
     assert main(["fit", "--config", str(sweep_dir / "best.yaml"), "--trainer.enable_progress_bar=false"]) == 0
     again = read_scalars(retrain / "lightning_logs" / "version_0")["val/psnr"][-1][1]
     assert again == pytest.approx(study.best_value, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_trial_that_raises_a_value_error_fails_and_the_sweep_goes_on(mnist_dir, tmp_path, monkeypatch):
+    """The module refuses a negative weight decay when the trial builds it: that trial fails, the next one runs."""
+    monkeypatch.chdir(tmp_path)
+    sweep = write_sweep(tmp_path, mnist_dir, n_trials=2, baseline_trial=False,
+                        params={"model.weight_decay": {"type": "categorical", "choices": [1.0e-5, -1.0]}},
+                        sampler={"class_path": "GridSampler",
+                                 "init_args": {"search_space": {"model.weight_decay": [1.0e-5, -1.0]}, "seed": 0}})
+    assert main(["sweep", "--config", str(CONFIG), "--sweep", str(sweep)]) == 0
+    trials = sorted(load(tmp_path / "sweeps" / "sweep").trials, key=lambda t: t.params["model.weight_decay"])
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "weight_decay must be >= 0" in trials[0].user_attrs["error"]
+    assert not trials[0].user_attrs.get("interrupted")
+
+
+class ThreadsProbe(L.Callback):
+    """Appends the torch thread count to ``path`` after every training batch."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_batch_end(self, *args) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{torch.get_num_threads()}\n")
+
+
+@pytest.mark.slow
+def test_threads_given_by_hand_hold_for_the_whole_trial(mnist_dir, tmp_path, monkeypatch):
+    """dae sweep --threads 1 by a lone dae process on a machine of several cores, whose share would be them all."""
+    if available_cores() < 2:
+        pytest.skip("needs a machine with 2 cores or more")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # set by hand, they would hide the share
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAE_CORE_REGISTRY", str(tmp_path / "cores"))  # no other dae process counts
+    probe = tmp_path / "threads.txt"
+    overlay = tmp_path / "probe.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
+        "class_path": "tests.test_sweep.ThreadsProbe", "init_args": {"path": str(probe)}}]}}))
+    sweep = write_sweep(tmp_path, mnist_dir, n_trials=1)
+    proc = dae_subprocess(tmp_path, ["sweep", "--config", str(CONFIG), "--config", str(overlay), "--sweep", str(sweep),
+                                     "--dir", "out", "--threads", "1"])
+    assert proc.wait(timeout=240) == 0, (tmp_path / "dae.log").read_text()
+    assert set(probe.read_text().split()) == {"1"}
+    assert load(tmp_path / "out").trials[0].user_attrs["threads"] == 1
 
 
 class PauseInRun(L.Callback):

@@ -151,6 +151,14 @@ def share_cores(registry: Path | None = None) -> CoreShare:
     return _SHARE
 
 
+def fix_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads from now on: a count chosen by hand, which, like ``OMP_NUM_THREADS``,
+    wins over the share that ``reshare_cores`` (the ``core_share`` callback) would take."""
+    torch.set_num_threads(threads)
+    if _SHARE is not None:
+        _SHARE.explicit = True
+
+
 def reshare_cores() -> None:
     """Re-check the share of a process that ``share_cores`` registered (nothing otherwise)."""
     if _SHARE is not None:

@@ -1,5 +1,5 @@
-"""Checks made before the first trial: the sweep's keys are settings of the configs, its values fit their
-types, and the model logs its metric; and the configs' own values of the searched keys."""
+"""Checks made before the first trial: the sweep's keys are settings of the configs, every value it can give
+fits their types, and the model logs its metric; and the configs' own values of the searched keys."""
 
 from __future__ import annotations
 
@@ -16,34 +16,44 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from dae.commands.cli import DaeCLI
 from dae.commands.sweep.spec import SweepSpec
-from dae.commands.sweep.trial import QUIET, config_args, override_args
+from dae.commands.sweep.trial import (
+    QUIET,
+    SettingsRefused,
+    SweepCLI,
+    config_args,
+    override_args,
+)
 
 
 class SweepConfigError(ValueError):
     """The sweep's configs and search space do not fit together; the message names the key or metric."""
 
 
-def sample_value(dist: BaseDistribution) -> Any:
-    """One value of ``dist`` (its lower end, or first choice), to check that the config accepts its type."""
-    return dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
+def checked_settings(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Settings of the searched keys that, between them, hold every choice of each categorical and both ends of
+    each range, so that parsing each one checks every type of value the sweep can give."""
+    values = {key: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
+              for key, d in spec.params.items()}
+    rounds = max(len(v) for v in values.values())
+    return [{key: v[i % len(v)] for key, v in values.items()} for i in range(rounds)]
 
 
 def resolved_config(configs: Sequence[str | Path], settings: dict[str, Any]) -> dict[str, Any]:
     """The full ``dae fit`` config (defaults included) that ``configs`` and ``settings`` give, as plain data.
 
-    Raises ``SweepConfigError`` with the option parser's message when it refuses them.
+    Raises ``SweepConfigError`` with the option parser's reason when it refuses them.
     """
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         try:
-            DaeCLI(args=["fit", *config_args(configs), *override_args(settings), "--print_config"])
-        except SystemExit as e:
+            SweepCLI(args=["fit", *config_args(configs), *override_args(settings), "--print_config"])
+        except SettingsRefused as e:
+            raise SweepConfigError(f"the configs {', '.join(map(str, configs))} refuse the sweep's settings: "
+                                   f"{e}") from None
+        except SystemExit as e:  # --print_config exits once it has printed
             if e.code not in (0, None):
-                message = " ".join(err.getvalue().split()) or f"exit status {e.code}"
-                raise SweepConfigError(f"the configs {', '.join(map(str, configs))} refuse the sweep's settings: "
-                                       f"{message}") from None
+                raise
     return yaml.safe_load(out.getvalue())
 
 
@@ -72,17 +82,17 @@ def check_keys(spec: SweepSpec, configs: Sequence[str | Path]) -> dict[str, Any]
                 raise SweepConfigError(
                     f"{spec.path}: {group}.{key} is not a setting of {', '.join(map(str, configs))}{hint}"
                 )
-    # The option parser checks the types: one value of every distribution, with the fixed settings.
-    resolved_config(configs, {**spec.fixed, **{key: sample_value(d) for key, d in spec.params.items()}})
+    for settings in checked_settings(spec):  # the option parser checks the types
+        resolved_config(configs, {**spec.fixed, **settings})
     return base
 
 
 def check_metric(spec: SweepSpec, configs: Sequence[str | Path]) -> None:
     """Build the model and data of a trial and run one validation batch; fail unless it logs ``spec.metric``."""
-    settings = {**spec.fixed, **{key: sample_value(d) for key, d in spec.params.items()}, **QUIET,
+    settings = {**spec.fixed, **checked_settings(spec)[0], **QUIET,
                 "trainer.logger": False, "trainer.limit_val_batches": 1}
     with contextlib.redirect_stdout(io.StringIO()):
-        cli = DaeCLI(args=[*config_args(configs), *override_args(settings)], run=False, save_config_callback=None)
+        cli = SweepCLI(args=[*config_args(configs), *override_args(settings)], run=False, save_config_callback=None)
         cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     logged = sorted(k for k in cli.trainer.callback_metrics if k.startswith("val/"))
     if spec.metric not in logged:
@@ -92,26 +102,46 @@ def check_metric(spec: SweepSpec, configs: Sequence[str | Path]) -> None:
                                f"the model logs {', '.join(logged)}")
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def in_distribution(value: Any, dist: BaseDistribution) -> bool:
     """Whether ``dist`` can give ``value`` (steps are not checked: the sampler rounds to them)."""
     if isinstance(dist, CategoricalDistribution):
         return value in dist.choices
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return False
     return dist.low <= value <= dist.high and (not isinstance(dist, IntDistribution) or float(value).is_integer())
 
 
-def base_values(spec: SweepSpec, base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The base config's own values of the searched keys, and ``key=value`` for those outside the search space."""
-    values, outside = {}, []
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """The value of a dotted key in a resolved config (``a.b`` also finds ``a.init_args.b``); None if absent."""
+    node: Any = config
+    for part in key.split("."):
+        if isinstance(node, dict) and part not in node and "init_args" in node:
+            node = node["init_args"]
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def base_values(spec: SweepSpec, base: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The given config's values of the searched keys, for the first trial, which runs that config.
+
+    A number outside its range takes the range's nearest end, so that the trial stays in the search space that
+    the sampler models (listed in the second item as ``key value -> new value``). A value with no nearest one (not
+    a number, or none of a categorical's choices) is listed in the third item as ``key=value``: then no trial of
+    the given config can run.
+    """
+    values, moved, outside = {}, [], []
     for key, dist in spec.params.items():
-        node: Any = base
-        for part in key.split("."):
-            if isinstance(node, dict) and part not in node and "init_args" in node:
-                node = node["init_args"]
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None or not in_distribution(node, dist):
-            outside.append(f"{key}={node}")
-        else:
-            values[key] = node
-    return values, outside
+        value = nearest = config_value(base, key)
+        if not isinstance(dist, CategoricalDistribution) and is_number(value):
+            nearest = min(max(value, dist.low), dist.high)
+        if not in_distribution(nearest, dist):
+            outside.append(f"{key}={value}")
+            continue
+        if nearest != value:
+            moved.append(f"{key} {value} -> {nearest}")
+        values[key] = nearest
+    return values, moved, outside

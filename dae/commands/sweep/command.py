@@ -28,10 +28,16 @@ from dae.commands.sweep.study import (
     WorkerLock,
     fail_dead_trials,
     make_storage,
+    storage_name,
 )
 from dae.commands.sweep.trial import run_trial
+from dae.training.threads import fix_threads
 
 DEFAULT_ROOT = Path("sweeps")
+# A trial that raises one of these failed as a result of its settings (a diverged run, settings that the configs
+# or the model refuse): it is recorded FAIL with the error, counts towards n_trials, is not retried, and the
+# sweep goes on with the next trial.
+TRIAL_FAILURES = (FloatingPointError, ValueError)
 
 
 class TrialInterrupted(Exception):
@@ -61,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trials to run in all, over all workers; interrupted ones are retried and not counted "
                              "(default: the sweep file's n_trials)")
     parser.add_argument("--storage", metavar="URL",
-                        help="Optuna RDB storage shared by workers on many machines, e.g. "
-                             "postgresql://user:password@host/db (default: a journal file in the sweep's folder)")
+                        help="Optuna RDB storage shared by workers on many machines, e.g. postgresql://user@host/db "
+                             "with the password in PGPASSWORD or ~/.pgpass, never in the URL, which ps shows "
+                             "(default: a journal file in the sweep's folder)")
     parser.add_argument("--workers", type=int, default=1, metavar="K",
                         help="worker processes on this machine, each with cores/K threads (default 1)")
     parser.add_argument("--threads", type=int, metavar="T",
@@ -81,7 +88,7 @@ def open_study(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path,
 
     Returns the study, its storage and whether this call created it.
     """
-    where = args.storage or sweep_dir / JOURNAL_NAME
+    where = storage_name(args.storage, sweep_dir)
     missing = FileNotFoundError(f"{where}: no study {spec.study_name} yet; start it with dae sweep --config ...")
     if not create and args.storage is None and not (sweep_dir / JOURNAL_NAME).is_file():
         raise missing
@@ -127,7 +134,10 @@ def trials_left(study: optuna.Study, n_trials: int) -> bool:
 
 def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: int, threads: int) -> None:
     """Run trials until ``n_trials`` have run or are running (see ``trials_left``), this worker's share."""
-    torch.set_num_threads(threads)
+    if args.threads is not None:
+        fix_threads(threads)  # given by hand: trials keep it, whatever share of the cores they would take
+    else:
+        torch.set_num_threads(threads)
     lock = WorkerLock(sweep_dir)
     try:
         study, storage, _ = open_study(spec, args, sweep_dir, create=False)
@@ -147,7 +157,7 @@ def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: i
                 code = 128 + signal.SIGTERM if isinstance(e, SIGTERMException) else 128 + signal.SIGINT
                 raise TrialInterrupted(code, f"trial {trial.number} interrupted; run the same command again to go on "
                                              "(it resumes from its last.ckpt)") from e
-            except FloatingPointError as e:  # the run diverged: a result of these settings, not to be retried
+            except TRIAL_FAILURES as e:
                 trial.set_user_attr("error", str(e))
                 raise
 
@@ -155,7 +165,7 @@ def work(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path, n_trials: i
             fail_dead_trials(study, storage, sweep_dir)
             if not trials_left(study, n_trials):
                 return
-            study.optimize(objective, n_trials=1, catch=(FloatingPointError,), gc_after_trial=True)
+            study.optimize(objective, n_trials=1, catch=TRIAL_FAILURES, gc_after_trial=True)
     finally:
         lock.release()
 
@@ -243,7 +253,7 @@ def sweep(args: argparse.Namespace) -> int:
         if workers is not None:
             workers.cancel()
         raise
-    print(f"dae sweep: study {spec.study_name} in {args.storage or sweep_dir / JOURNAL_NAME}, run folders in "
+    print(f"dae sweep: study {spec.study_name} in {storage_name(args.storage, sweep_dir)}, run folders in "
           f"{sweep_dir}/, {n_trials} trials, {args.workers} worker(s) x {threads} thread(s)", file=sys.stderr)
     code = 0
     if workers is None:
@@ -256,17 +266,20 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def prepare(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path) -> optuna.Study:
-    """Check the sweep against the configs, then open (or create) the study; a new one runs the untuned
-    config first when its values lie in the search space."""
+    """Check the sweep against the configs, then open (or create) the study; a new one runs the given config
+    first (see ``base_values``), so that the best trial is never worse than it and the summary shows the gain."""
     base = check_keys(spec, args.config)
     check_metric(spec, args.config)
     study, _, created = open_study(spec, args, sweep_dir, create=True)
     if spec.baseline_trial and created:
-        values, outside = base_values(spec, base)
+        values, moved, outside = base_values(spec, base)
         if outside:
-            print(f"dae sweep: no trial of the untuned config: {', '.join(outside)} lies outside the search space",
+            print(f"dae sweep: no trial of the given config: {', '.join(outside)} lies outside the search space",
                   file=sys.stderr)
-        else:  # the untuned config as trial 0, so the table shows what tuning gained
+        else:
+            if moved:
+                print(f"dae sweep: trial 0 runs the given config with {', '.join(moved)} (the nearest end of the "
+                      "search range)", file=sys.stderr)
             study.enqueue_trial(values, user_attrs={"base_config": True})
     return study
 

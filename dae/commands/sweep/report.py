@@ -46,7 +46,7 @@ def trials_table(study: optuna.Study, metric: str) -> str:
         max_epochs = t.user_attrs.get("max_epochs")
         state = t.state.name
         if t.user_attrs.get("base_config"):
-            state += " (base config)"
+            state += " (given config)"
         if "retry_of" in t.user_attrs:
             state += f" (retry of {t.user_attrs['retry_of']})"
         rows.append([
@@ -83,6 +83,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
     return study.best_trial
+
+
+def given_config_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The COMPLETE trial that ran the configs as given (see ``checks.base_values``), or None."""
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get("base_config")), None)
 
 
 def write_best_config(study: optuna.Study, sweep_dir: Path, metric: str) -> Path | None:
@@ -127,7 +133,13 @@ def summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
         best_yaml = write_best_config(study, sweep_dir, metric)
         host = best.user_attrs.get("worker_host")
         where = f" on {host}" if host not in (None, socket.gethostname()) else ""
-        lines.append(f"best: trial {best.number}, {metric} = {best.value:.4f}, run folder "
+        name, value = f"trial {best.number}", f"{best.value:.4f}"
+        given = given_config_trial(study)
+        if given is not None and given.number == best.number:
+            name += " (the given config)"
+        elif given is not None:  # what the search gained over where it started
+            value += f" ({best.value - given.value:+.4f} against the given config, trial {given.number})"
+        lines.append(f"best: {name}, {metric} = {value}, run folder "
                      f"{sweep_dir / best.user_attrs['run_dir']}{where}")
         lines.append(f"retrain it: dae fit --config {best_yaml}")
         lines.append(f"compare the trials: tensorboard --logdir {sweep_dir}  (HPARAMS tab)")

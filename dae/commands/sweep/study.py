@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -31,6 +32,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 JOURNAL_NAME = "study.journal"
+LOCKS_DIR = "locks"  # in the sweep's folder: one lock file per live worker, and the guard of the retries
+WORKER_LOCK = re.compile(r"[\w.-]+-\d+-[0-9a-f]{8}\.lock")  # HOST-PID-RANDOM.lock, a worker's lock file
 MAX_RETRIES = 3
 HEARTBEAT_S = 30
 GRACE_S = 120
@@ -70,11 +73,16 @@ def make_storage(storage: str | None, sweep_dir: Path) -> BaseStorage:
 
 
 def shown_url(url: str) -> str:
-    """A database URL fit for messages: the password masked."""
+    """A database URL fit for messages: the password masked (all before the last ``@`` of one that does not parse)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return url
+        return f"***{url[url.rindex('@'):]}" if "@" in url else url
+
+
+def storage_name(storage: str | None, sweep_dir: Path) -> str:
+    """Where the study lives, as every message names it: the ``--storage`` URL (password masked) or the journal."""
+    return shown_url(storage) if storage is not None else str(sweep_dir / JOURNAL_NAME)
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -85,12 +93,13 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     attempts = trial.user_attrs.get("attempt", 1)
     if attempts > MAX_RETRIES:
         return
+    given = {"base_config": True} if trial.user_attrs.get("base_config") else {}
     study.add_trial(optuna.create_trial(
         state=TrialState.WAITING,
         params=trial.params,
         distributions=trial.distributions,
         user_attrs={"run_dir": trial.user_attrs.get("run_dir", f"trial_{trial.number:03d}"),
-                    "retry_of": trial.number, "retry_of_first": original, "attempt": attempts + 1},
+                    "retry_of": trial.number, "retry_of_first": original, "attempt": attempts + 1, **given},
     ))
 
 
@@ -99,7 +108,7 @@ class WorkerLock:
     record ``worker``, ``worker_host`` and ``worker_lock`` (the file's absolute path)."""
 
     def __init__(self, sweep_dir: Path) -> None:
-        folder = sweep_dir / "locks"
+        folder = sweep_dir / LOCKS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         self.host = socket.gethostname()
         self.name = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -120,6 +129,16 @@ class WorkerLock:
             self.file = None
 
 
+def lock_file(recorded: object) -> Path | None:
+    """The lock file that a trial records as its worker's (``worker_lock``), links resolved; None unless it is a
+    file that a worker makes, ``/.../locks/HOST-PID-RANDOM.lock`` (of this sweep's folder or, with --storage, of
+    another on this machine). A dead worker's lock is removed, and the study's storage may be written by others."""
+    if not isinstance(recorded, str) or not Path(recorded).is_absolute():
+        return None
+    path = Path(recorded).resolve()
+    return path if path.parent.name == LOCKS_DIR and WORKER_LOCK.fullmatch(path.name) else None
+
+
 def worker_alive(lock_path: Path) -> bool:
     """Whether the worker that holds ``lock_path`` still runs (a dead process's lock is free)."""
     try:
@@ -136,8 +155,8 @@ def worker_alive(lock_path: Path) -> bool:
 def fail_dead_trials(study: optuna.Study, storage: BaseStorage, sweep_dir: Path) -> list[int]:
     """Mark FAIL and queue again the RUNNING trials of this machine whose worker died, and the trials that
     stopped on an interruption (SIGTERM, Ctrl-C) without a retry yet. Returns the numbers of the trials queued."""
-    (sweep_dir / "locks").mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / "locks" / "retries.lock", "wb") as guard:
+    (sweep_dir / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / LOCKS_DIR / "retries.lock", "wb") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # one worker at a time, so that a trial is queued once
         return _requeue(study, storage, sweep_dir)
 
@@ -149,12 +168,13 @@ def _requeue(study: optuna.Study, storage: BaseStorage, sweep_dir: Path) -> list
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False):
         if trial.state == TrialState.RUNNING:
-            host_of, lock = trial.user_attrs.get("worker_host"), trial.user_attrs.get("worker_lock")
-            if lock is None:
+            host_of, recorded = trial.user_attrs.get("worker_host"), trial.user_attrs.get("worker_lock")
+            lock = lock_file(recorded) if host_of == host else None
+            if recorded is None:
                 if trial.datetime_start is None or now - trial.datetime_start < UNCLAIMED_GRACE:
                     continue
-            elif host_of != host or worker_alive(Path(lock)):
-                continue  # alive, or on another machine (where Optuna's heartbeat covers RDB storage)
+            elif lock is None or worker_alive(lock):
+                continue  # alive, on another machine (where Optuna's heartbeat covers RDB storage), or no lock file
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             try:
                 storage.set_trial_user_attr(trial_id, "interrupted", True)
@@ -162,7 +182,7 @@ def _requeue(study: optuna.Study, storage: BaseStorage, sweep_dir: Path) -> list
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker got there first
             if lock is not None:
-                Path(lock).unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
             trial = storage.get_trial(trial_id)
         if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
             before = len(study.get_trials(deepcopy=False))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import optuna
+from jsonargparse import ArgumentError
+from lightning.pytorch.cli import LightningArgumentParser
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -17,12 +20,19 @@ from optuna.distributions import (
 )
 
 from dae.commands.cli import DaeCLI
+from dae.commands.config_files import error_line
 from dae.commands.sweep.spec import SweepSpec
 from dae.training.checkpointing import LAST_NAME
 
 # Every trial runs quietly: several workers share one terminal, and Optuna prints a line per finished trial. A
 # trial is judged by its validation metric alone: the test split is not scored, so a sweep cannot tune on it.
 QUIET = {"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False, "test_after_fit": False}
+# The run folders a sweep makes, trial_000, trial_001, ...: the only folders it removes.
+RUN_NAME = re.compile(r"trial_\d{3,}")
+
+
+class SettingsRefused(ValueError):
+    """The configs refuse a setting of the sweep (a value of the wrong type, a choice they do not offer)."""
 
 
 def override_args(settings: dict[str, Any]) -> list[str]:
@@ -73,7 +83,21 @@ class MetricReporter(L.Callback):
             trainer.should_stop = True
 
 
-class TrialCLI(DaeCLI):
+class SweepCLI(DaeCLI):
+    """dae's CLI for settings that the sweep made: one that the option parser refuses raises ``SettingsRefused``
+    with the parser's one-line reason, where the command line would print usage and exit."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        return super().init_parser(**kwargs, exit_on_error=False)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            raise SettingsRefused(error_line(str(e))) from None
+
+
+class TrialCLI(SweepCLI):
     """``dae fit`` with extra callbacks for one trial."""
 
     def __init__(self, args: list[str], callbacks: list[L.Callback]) -> None:
@@ -86,16 +110,28 @@ class TrialCLI(DaeCLI):
         return trainer
 
 
+def run_folder(sweep_dir: Path, name: Any) -> Path:
+    """The run folder ``sweep_dir/name`` of a trial, ``name`` as the study records it. The study's storage may be
+    shared with others, and a folder without ``last.ckpt`` is removed: refuse (``ValueError``) any name but the
+    sweep's own ``trial_NNN``, and a folder that resolves outside ``sweep_dir`` (a link)."""
+    folder = sweep_dir / str(name)
+    if not (isinstance(name, str) and RUN_NAME.fullmatch(name)) or folder.resolve().parent != sweep_dir.resolve():
+        raise ValueError(f"the study names the run folder {name!r}, which is not one of this sweep's trial_NNN "
+                         f"folders in {sweep_dir}; the trial fails and nothing is removed")
+    return folder
+
+
 def run_trial(trial: optuna.Trial, spec: SweepSpec, configs: Sequence[str | Path], sweep_dir: Path) -> float:
     """Train one trial as ``dae fit`` into ``sweep_dir/trial_NNN`` and return its metric after the last epoch.
 
     A retried trial (one whose earlier run was interrupted) goes on from that run's ``last.ckpt`` in the same
-    folder. Raises ``optuna.TrialPruned`` once the pruner stopped it (its folder is complete up to that epoch).
+    folder. Raises ``optuna.TrialPruned`` once the pruner stopped it (its folder is complete up to that epoch), and
+    ``ValueError`` for settings that the configs or the model refuse and a run folder that is not the sweep's.
     """
     params = {key: suggest(trial, key, dist) for key, dist in spec.params.items()}
     run_name = trial.user_attrs.get("run_dir") or f"trial_{trial.number:03d}"
+    run_dir = run_folder(sweep_dir, run_name)
     trial.set_user_attr("run_dir", run_name)
-    run_dir = sweep_dir / run_name
     resume = run_dir / "checkpoints" / LAST_NAME
     if not resume.is_file() and run_dir.exists():
         shutil.rmtree(run_dir)  # an earlier attempt that died before its first checkpoint: start it afresh
