@@ -8,7 +8,6 @@ import tracemalloc
 from contextlib import contextmanager
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """The self-supervised configs in configs/selfsup/: overlays over an experiment config, each runs offline."""
 
-from pathlib import Path
 
 import pytest
 
