@@ -7,6 +7,21 @@ from torch import Tensor, nn
 from dae.nets.checks import check_sizes
 
 
+def conv_stack(channels: int, depth: int, width: int, batch_norm: bool) -> nn.Sequential:
+    """DnCNN's layers: a 3x3 Conv+ReLU from ``channels`` to ``width``, ``depth - 2`` Conv(+BatchNorm)+ReLU layers of
+    ``width`` channels (no bias before a batch norm), and a 3x3 Conv back to ``channels``."""
+    if depth < 2:
+        raise ValueError(f"depth must be >= 2 (first and last convolution), got {depth}")
+    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+    for _ in range(depth - 2):
+        layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.Conv2d(width, channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
 class DnCNN(nn.Module):
     """A DnCNN-style denoiser (Zhang et al. 2017): ``depth`` 3x3 convolutions at full resolution.
 
@@ -20,18 +35,9 @@ class DnCNN(nn.Module):
     ) -> None:
         super().__init__()
         check_sizes(in_channels, width=width)
-        if depth < 2:
-            raise ValueError(f"depth must be >= 2 (first and last convolution), got {depth}")
         self.in_channels = in_channels
         self.residual = residual
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(width))
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(width, in_channels, 3, padding=1))
-        self.layers = nn.Sequential(*layers)
+        self.layers = conv_stack(in_channels, depth, width, batch_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.layers(x)

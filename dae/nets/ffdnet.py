@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dae.nets.checks import check_sizes
+from dae.nets.dncnn import conv_stack
 from dae.nets.padding import pad_to_multiple
 
 
@@ -23,18 +24,9 @@ class FFDNet(nn.Module):
                  batch_norm: bool = True) -> None:
         super().__init__()
         check_sizes(in_channels, width=width)
-        if depth < 2:
-            raise ValueError(f"depth must be >= 2 (first and last convolution), got {depth}")
         self.in_channels = in_channels
         self.residual = residual
-        layers: list[nn.Module] = [nn.Conv2d(4 * in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(width))
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(width, 4 * in_channels, 3, padding=1))
-        self.layers = nn.Sequential(*layers)
+        self.layers = conv_stack(4 * in_channels, depth, width, batch_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
