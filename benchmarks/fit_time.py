@@ -1,15 +1,15 @@
 """Wall time of one whole ``dae`` run, start-up stated apart, with the metrics it ended with.
 
     python benchmarks/fit_time.py -- fit --config configs/mnist.yaml --config configs/gpu.yaml
-    python benchmarks/fit_time.py --json test.json -- test --config configs/mnist.yaml --ckpt_path RUN/checkpoints/last.ckpt
+    python benchmarks/fit_time.py --json test.json -- test --config configs/mnist.yaml --ckpt_path RUN/last.ckpt
     python benchmarks/fit_time.py --profile 100 200 -- fit --config configs/mnist.yaml --trainer.max_steps 300
 
-The arguments after ``--`` run as ``python -m dae ARGS`` in a child process, with a callback (``RunClock``, in run_clock.py)
-added to its ``trainer.callbacks`` that notes the wall-clock time at which training (or test, or validation) starts
-and ends, each epoch's time and validation's share, and the metrics at the end. Start-up is everything from
-launching the process to the first training batch (imports, reading the data and moving it to the device, the
-sanity check); training is every epoch with its validation and checkpoints; after training come the test after
-fit and the plots.
+The arguments after ``--`` run as ``python -m dae ARGS`` in a child process, with a callback (``RunClock``, in
+run_clock.py) added to its ``trainer.callbacks`` that notes the wall-clock time at which training (or test, or
+validation) starts and ends, each epoch's time and validation's share, and the metrics at the end. Start-up is
+everything from launching the process to the first training batch (imports, reading the data and moving it to the
+device, the sanity check); training is every epoch with its validation and checkpoints; after training come the
+test after fit and the plots.
 
 ``--profile FIRST LAST`` adds a second callback (``StepProfiler``) that records the training steps FIRST to
 LAST - 1 with ``torch.profiler`` and writes where their time went: the wall time per step, the time inside

@@ -112,7 +112,7 @@ class StepProfiler(L.Callback):
         gpu = sum(e.self_device_time_total for e in ops if e.device_type != torch.autograd.DeviceType.CPU) / 1e3
         lines = [f"torch.profiler over training steps {self.first} to {self.last - 1} ({steps} steps) on "
                  f"{'the GPU' if on_gpu else 'the CPU'}, torch {torch.__version__}",
-                 f"wall time: {wall * 1e3 / steps:.3f} ms/step",
+                 f"wall time: {wall * 1e3 / steps:.3f} ms/step (the profiler adds its own overhead)",
                  f"host time inside torch operations: {host / steps:.3f} ms/step ({host / (wall * 1e3):.0%} of the "
                  "wall time; the rest is Python: Lightning's loop, hooks and logging, dae's step)"]
         if on_gpu:
