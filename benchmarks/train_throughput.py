@@ -265,6 +265,8 @@ def main() -> None:
     parser.add_argument("--eval-short", type=int, default=40, help="batches of the short evaluation runs")
     parser.add_argument("--eval-long", type=int, default=400, help="batches of the long evaluation runs")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads in every child (default: torch's)")
+    parser.add_argument("--no-eval", action="store_true", help="time training only, not validation and test")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     # internal: one measurement in a child process
     parser.add_argument("--child", choices=["plain_train", "plain_eval", "dae"], help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -285,7 +287,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no GPU is visible to torch")
     configs = args.config or [ROOT / "configs" / "mnist.yaml"] + ([ROOT / "configs" / "gpu.yaml"] if device.type == "cuda" else [])
-    config_args = [a for c in configs for a in ("--config", str(c))]
+    config_args = [a for c in configs for a in ("--config", str(c.resolve()))]  # the children run elsewhere
     batch = args.batch_size
 
     with tempfile.TemporaryDirectory(prefix="dae-bench-") as tmp:
@@ -308,22 +310,22 @@ def main() -> None:
         for _ in range(args.rounds):
             training["plain loop"].append(per_step("plain_train", args.short, args.long, work, common))
             training["dae fit"].append(per_step("dae", args.short, args.long, work, common, fit, "max_steps"))
-        results = {
-            **{label: median_per_step(rounds) for label, rounds in training.items()},
-            "plain eval loop": per_step("plain_eval", args.eval_short, args.eval_long, work, eval_common),
-            "dae validate": per_step("dae", args.eval_short, args.eval_long, work, common,
-                                     ["validate", *evaluate], "limit_val_batches"),
-            "dae test": per_step("dae", args.eval_short, args.eval_long, work, common,
-                                 ["test", *evaluate], "limit_test_batches"),
-        }
+        results = {label: median_per_step(rounds) for label, rounds in training.items()}
+        if not args.no_eval:
+            results["plain eval loop"] = per_step("plain_eval", args.eval_short, args.eval_long, work, eval_common)
+            results["dae validate"] = per_step("dae", args.eval_short, args.eval_long, work, common,
+                                               ["validate", *evaluate], "limit_val_batches")
+            results["dae test"] = per_step("dae", args.eval_short, args.eval_long, work, common,
+                                           ["test", *evaluate], "limit_test_batches")
         peak = flop_peak(device, torch.float32)
         peak_bf16 = flop_peak(device, torch.bfloat16) if device.type == "cuda" else None
         flops = flops_per_training_image()
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; data: {what}; batch {batch}")
-    print(f"training: steps {args.short} and {args.long} (difference timed), {args.rounds} rounds; evaluation: batches "
-          f"{args.eval_short} and {args.eval_long}; dae {' '.join(config_args)} {args.dae_args}")
+    evaluation = "not timed" if args.no_eval else f"batches {args.eval_short} and {args.eval_long}"
+    print(f"training: steps {args.short} and {args.long} (difference timed), {args.rounds} rounds; evaluation: "
+          f"{evaluation}; dae {' '.join(config_args)} {args.dae_args}")
     print(f"FLOP peak (fp32 matmul 2048^2): {peak / 1e9:.1f} GFLOP/s"
           + (f"; bf16: {peak_bf16 / 1e9:.1f} GFLOP/s" if peak_bf16 else "")
           + f"; baseline model: {flops / 1e6:.2f} MFLOP per training image (forward + backward)")
@@ -342,6 +344,11 @@ def main() -> None:
         for p, d, r in zip(training["plain loop"], training["dae fit"], ratios)))
     ratio = results["plain loop"]["step_s"] / results["dae fit"]["step_s"]
     print(f"ratio dae fit / plain loop (training images/s, medians over {args.rounds} rounds): {ratio:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": name, "torch": torch.__version__, "batch_size": batch, "ratio": ratio, "round_ratios": ratios,
+            "images_s": {label: batch / r["step_s"] for label, r in results.items()}, "results": results,
+        }, indent=1))
 
 
 if __name__ == "__main__":

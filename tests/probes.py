@@ -104,3 +104,22 @@ class RankReport(L.Callback):
             "val": self.val,
         }
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+class NoHostSync(L.Callback):
+    """On a GPU, makes every wait of the host for the GPU an error from the end of training batch ``first`` to
+    the end of batch ``last`` of each epoch, the fetches of the batches in between included: a step that
+    synchronises fails the run, naming the operation. On the CPU, where nothing waits, it does nothing."""
+
+    def __init__(self, first: int = 1, last: int = 8) -> None:
+        super().__init__()
+        self.first = first
+        self.last = last
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.strategy.root_device.type != "cuda":
+            return
+        if batch_idx == self.first:
+            torch.cuda.set_sync_debug_mode("error")
+        elif batch_idx == self.last:
+            torch.cuda.set_sync_debug_mode("default")
