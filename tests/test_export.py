@@ -85,3 +85,14 @@ def test_an_export_gets_the_permissions_of_any_new_file(trained_run, tmp_path):
     finally:
         os.umask(previous)
     assert oct(out.stat().st_mode & 0o777) == oct((tmp_path / "plain").stat().st_mode & 0o777) == "0o664"
+
+
+def test_export_leaves_the_callers_network_as_it_was(tmp_path):
+    from dae.commands.export import export_model
+    from dae.nets import DnCNN
+
+    net = DnCNN(depth=3, width=4).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    export_model(net, "torchscript", tmp_path / "m.pt", size=(16, 16))
+    assert net.training  # not switched to eval mode (nor moved off its device) behind the caller's back
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

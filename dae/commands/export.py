@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import warnings
@@ -96,7 +97,8 @@ def export_shape(net: nn.Module, size: tuple[int, int] | None = None) -> tuple[i
 
 
 def export_model(net: nn.Module, fmt: str, out: str | os.PathLike, size: tuple[int, int] | None = None) -> float:
-    """Export ``net`` (on the CPU, eval mode) to ``out`` and return the parity check's max abs difference.
+    """Export a copy of ``net`` (on the CPU, eval mode; ``net`` itself stays where and as it is) to ``out`` and
+    return the parity check's max abs difference.
 
     The export goes to a temporary file beside ``out`` and replaces ``out`` only once the check has passed.
     Raises ``RuntimeError`` when the export or the check fails (a difference above ``PARITY_TOLERANCE``), and
@@ -104,7 +106,7 @@ def export_model(net: nn.Module, fmt: str, out: str | os.PathLike, size: tuple[i
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    net = net.cpu().eval()
+    net = copy.deepcopy(net).cpu().eval()
     shape = export_shape(net, size)
     example = torch.rand(EXPORT_BATCH, *shape, generator=torch.Generator().manual_seed(1))
     with replaced_whole(out) as exported:
