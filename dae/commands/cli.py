@@ -1,4 +1,4 @@
-"""The ``dae`` command: LightningCLI for fit/validate/test/predict, plus commands that need no Trainer."""
+"""``dae fit/validate/test/predict``: the LightningCLI, its default callback sections and run folders."""
 
 from __future__ import annotations
 
