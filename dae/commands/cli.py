@@ -23,7 +23,6 @@ from lightning.pytorch.cli import (
 )
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch import nn
 
 from dae.commands.config_files import (
     ConfigFileError,
@@ -32,6 +31,7 @@ from dae.commands.config_files import (
     error_line,
 )
 from dae.data.memory import InMemoryDataModule
+from dae.inference.loading import is_module_class_of
 from dae.module import DenoisingModule
 from dae.training.checkpointing import DiskFullError, disk_full_message, is_disk_full
 from dae.training.report import run_summary, write_test_metrics
@@ -129,8 +129,7 @@ CLASS_OPTIONS = {"model.net": "dae.nets", "model.noise": "dae.noise", "model.obj
 def module_classes(module_name: str) -> list[str]:
     """Names of the ``nn.Module`` classes defined in a module, e.g. the noise models of ``dae.noise``."""
     module = importlib.import_module(module_name)
-    return [name for name, obj in vars(module).items() if isinstance(obj, type) and issubclass(obj, nn.Module)
-            and (obj.__module__ == module_name or obj.__module__.startswith(module_name + "."))]
+    return [name for name, obj in vars(module).items() if is_module_class_of(obj, module_name)]
 
 
 def option_value(args: Sequence[str], option: str) -> str | None:

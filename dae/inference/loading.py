@@ -127,6 +127,13 @@ def _class_names(value: Any) -> Iterator[str]:
         yield value
 
 
+def is_module_class_of(obj: Any, module: str) -> bool:
+    """Whether ``obj`` is an ``nn.Module`` class defined in ``module`` or, for a package, in one of its modules
+    (``dae.nets.UNet`` is defined in ``dae.nets.unet``); a class merely imported there is not."""
+    defined_there = isinstance(obj, type) and (obj.__module__ == module or obj.__module__.startswith(module + "."))
+    return defined_there and issubclass(obj, nn.Module)
+
+
 def is_known_class(name: str, allow: Iterable[str] = ()) -> bool:
     """Whether a checkpoint may name ``name``: an nn.Module class of ``KNOWN_MODULES``, or one in ``allow``.
 
@@ -141,9 +148,7 @@ def is_known_class(name: str, allow: Iterable[str] = ()) -> bool:
         obj = getattr(importlib.import_module(module), attribute, None)
     except ImportError:
         return False
-    # Defined in that module, or in a module of that package (dae.nets.UNet, defined in dae.nets.unet).
-    defined_there = isinstance(obj, type) and (obj.__module__ == module or obj.__module__.startswith(module + "."))
-    return defined_there and issubclass(obj, nn.Module)
+    return is_module_class_of(obj, module)
 
 
 def check_known_classes(config: dict[str, Any], path: Path, allow: Iterable[str] = ()) -> None:
