@@ -4,8 +4,9 @@ and the validation PSNR that each reached in a pilot training.
     python benchmarks/photo_nets.py                                    # size, MACs, patches/s in fp32 and bf16
     python benchmarks/photo_nets.py --runs unet=RUN1 drunet=RUN2 ...   # adds each pilot run's best val/psnr
 
-The candidates are the networks that configs/gray_blind.yaml and its overlays in configs/photo/ train. MACs per
-pixel are counted by ``torch.utils.flop_counter`` on a 64x64 gray patch (a multiply-add is two FLOPs).
+The candidates are the networks that configs/gray_blind.yaml and its overlays in configs/photo/ train, each
+noise-conditioned (configs/photo/noise_map.yaml), as the pilot trains them. MACs per pixel are counted by
+``torch.utils.flop_counter`` on a 64x64 gray patch (a multiply-add is two FLOPs).
 Training speed is the network's own training step (forward, PSNR loss, backward, Adam) on random 64x64
 patches in batches of 16, as the config trains, in fp32 and under bf16 autocast; the rounds alternate the
 candidates and precisions and the median is reported.
@@ -27,26 +28,39 @@ from torch.utils.flop_counter import FlopCounterMode
 from dae.training.callbacks import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+CONDITIONED = CONFIGS / "photo" / "noise_map.yaml"
+# name -> the configs (base, overlays) whose model.net it trains
 CANDIDATES = {
-    "unet": ROOT / "configs" / "gray_blind.yaml",
-    "drunet": ROOT / "configs" / "photo" / "drunet.yaml",
-    "ffdnet": ROOT / "configs" / "photo" / "ffdnet.yaml",
+    "unet": [CONFIGS / "gray_blind.yaml", CONDITIONED],
+    "drunet": [CONFIGS / "gray_blind.yaml", CONFIGS / "photo" / "drunet.yaml", CONDITIONED],
+    "ffdnet": [CONFIGS / "gray_blind.yaml", CONFIGS / "photo" / "ffdnet.yaml", CONDITIONED],
 }
 PATCH, BATCH = 64, 16
 
 
-def build(config: Path) -> nn.Module:
-    """The network a config (or overlay) names, built from its class path and init args."""
-    net = yaml.safe_load(config.read_text())["model"]["net"]
-    module_name, _, name = net["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
-    return cls(**{"in_channels": 1, **net.get("init_args", {})})
+def build(configs: list[Path]) -> nn.Module:
+    """The network that a config and its overlays name, built from the last class path and the init args of
+    every config that names that class (as the dae command merges them)."""
+    class_path, init_args = None, {"in_channels": 1}
+    for config in configs:
+        net = yaml.safe_load(config.read_text())["model"]["net"]
+        if net.get("class_path", class_path) != class_path:
+            class_path, init_args = net["class_path"], {"in_channels": 1}
+        init_args.update(net.get("init_args", {}))
+    module_name, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)(**init_args)
+
+
+def levels(net: nn.Module, batch: int) -> dict[str, torch.Tensor]:
+    """The noise level a noise-conditioned network takes (stds up to 55/255), none for a blind one."""
+    return {"sigma": torch.rand(batch) * 55 / 255} if getattr(net, "noise_map", False) else {}
 
 
 def macs_per_pixel(net: nn.Module) -> float:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        net(torch.rand(1, 1, PATCH, PATCH))
+        net(torch.rand(1, 1, PATCH, PATCH), **levels(net, 1))
     return counter.get_total_flops() / 2 / PATCH**2
 
 
@@ -55,10 +69,11 @@ def patches_per_second(net: nn.Module, bf16: bool, steps: int) -> float:
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     clean = torch.rand(BATCH, 1, PATCH, PATCH).contiguous(memory_format=torch.channels_last)
     noisy = clean + 0.1 * torch.randn_like(clean)
+    sigma = levels(net, BATCH)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = net(noisy)
+            out = net(noisy, **sigma)
         mse = (out.float() - clean).pow(2).flatten(1).mean(1)
         loss = 10 * torch.log10(mse.clamp(min=1e-6)).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -95,7 +110,7 @@ def main() -> None:
         parser.error(f"--runs: unknown candidate(s) {', '.join(sorted(unknown))}; one of {', '.join(CANDIDATES)}")
     torch.manual_seed(0)
     # channels-last weights and batches, as DenoisingModule trains them (oneDNN's fast bf16 convolutions need it)
-    nets = {name: build(config).to(memory_format=torch.channels_last) for name, config in CANDIDATES.items()}
+    nets = {name: build(configs).to(memory_format=torch.channels_last) for name, configs in CANDIDATES.items()}
     speeds: dict[tuple[str, bool], list[float]] = {(name, bf16): [] for name in nets for bf16 in (False, True)}
     for _ in range(args.rounds):
         for name, net in nets.items():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import lightning as L
 import torch
@@ -48,7 +49,8 @@ class DenoisingModule(L.LightningModule):
     self-supervised ``objective`` from noisy observations alone.
 
     Args:
-        net: the denoising network (default: the baseline ``ConvAutoencoder``).
+        net: the denoising network (default: the baseline ``ConvAutoencoder``). A noise-conditioned one (``noise_map``
+            true) is called as ``net(noisy, sigma)`` with the std the noise model drew for each image.
         noise: the noise model (default: the baseline's ``GaussianNoise(std=0.5)``). Data that serves noisy
             observations (``MNISTDataModule(fixed_noise=True)`` noised once with it; a folder of noisy photos not
             at all) gets no noise added in the splits it serves noisy.
@@ -149,6 +151,7 @@ class DenoisingModule(L.LightningModule):
                 f"model.net.init_args.in_channels to {data_channels} (the dae command does this by itself)"
             )
         self.noisy_splits = frozenset(getattr(datamodule, "noisy_splits", ()))
+        self._check_conditioning()
         noise = None if {"train", "val", "test"} <= self.noisy_splits else self.noise  # noisy photos: unknown
         self.objective.check(self.net, getattr(datamodule, "patch_size", None), noise)
         name = type(self.objective).__name__
@@ -170,6 +173,34 @@ class DenoisingModule(L.LightningModule):
             raise ValueError(f"{name} trains on {self.objective.observations} noisy observation(s) of each image, "
                              f"but the data serves {served}: {fix}")
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the network is noise-conditioned: told each image's noise level (``noise_map``)."""
+        return bool(getattr(self.net, "noise_map", False))
+
+    def _check_conditioning(self) -> None:
+        """A noise-conditioned network must be told the level of the noise it gets: the noise model must say it
+        (``GaussianNoise.draw``), the data must be clean, and the objective supervised."""
+        if not self.conditioned:
+            return
+        net = type(self.net).__name__
+        if not hasattr(self.noise, "draw"):
+            raise ValueError(f"the noise-conditioned {net} is told the std of the noise it gets, which "
+                             f"{type(self.noise).__name__} does not report: use dae.noise.GaussianNoise, or set "
+                             "model.net.init_args.noise_map to false")
+        if self.noisy_splits or not self.objective.supervised:
+            raise ValueError(f"the noise-conditioned {net} is told the std of the noise it gets, known only for noise "
+                             "this module adds to clean images: train it with the Supervised objective on clean "
+                             "data, or set model.net.init_args.noise_map to false")
+
+    def _noised(self, clean: Tensor, generator: torch.Generator) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """A noisy copy of ``clean`` and the network as the objective calls it: a noise-conditioned network is
+        told each image's noise level."""
+        if not self.conditioned:
+            return self.noise(clean, generator=generator), self.net
+        noisy, sigma = self.noise.draw(clean, generator=generator)
+        return noisy, functools.partial(self.net, sigma=sigma)
+
     def on_fit_start(self) -> None:
         trainer = self.trainer
         if trainer.max_steps > 0 and trainer.estimated_stepping_batches < trainer.max_steps:
@@ -179,8 +210,9 @@ class DenoisingModule(L.LightningModule):
                 "(and a cosine schedule follows that); set trainer.max_epochs -1 to let max_steps end it"
             )
 
-    def forward(self, noisy: Tensor) -> Tensor:
-        return self.net(noisy)
+    def forward(self, noisy: Tensor, sigma: Tensor | float | None = None) -> Tensor:
+        """The denoised batch; ``sigma``, the noise's std on the [0, 1] scale, for a noise-conditioned network."""
+        return self.net(noisy, sigma) if self.conditioned else self.net(noisy)
 
     def _noise_generator(self, stage: str, seed: int, index: int, dataloader_idx: int = 0) -> torch.Generator:
         # Hashed from (seed, stage, rank, loader, index): noise that depends on nothing else, and that no other
@@ -217,6 +249,7 @@ class DenoisingModule(L.LightningModule):
             generator = self._train_generator()
         else:  # seeded per batch, so every epoch and every run with the same batches sees the same noisy images
             generator = self._noise_generator(stage, self.eval_noise_seed, batch_idx)
+        net: Callable[[Tensor], Tensor] = self.net
         if stage in self.noisy_splits:  # the data's own noisy observations
             clean, views = None, self._views(batch)
             if stage == "train" and self.clean_targets:  # the clean originals, kept only for the Supervised objective
@@ -224,16 +257,19 @@ class DenoisingModule(L.LightningModule):
         else:
             clean = self._clean(batch)
             draws = self.objective.observations if stage == "train" else 1
-            views = [self.noise(clean, generator=generator) for _ in range(draws)]
+            views = []
+            for _ in range(draws):  # more than one only for objectives that refuse conditioned networks
+                noisy, net = self._noised(clean, generator)
+                views.append(noisy)
         noisy = views[0]
         if stage == "train":
             targets = [clean] if self.objective.supervised else []  # only the supervised objective sees them
-            loss, denoised = self.objective(self.net, views + targets, generator)
+            loss, denoised = self.objective(net, views + targets, generator)
         elif clean is None:  # no clean image to score against: the objective's own loss is the curve to watch
-            loss = self.objective(self.net, views, generator)[0]
-            denoised = self.objective.denoise(self.net, noisy, generator)
+            loss = self.objective(net, views, generator)[0]
+            denoised = self.objective.denoise(net, noisy, generator)
         else:
-            denoised = self.objective.denoise(self.net, noisy, generator)
+            denoised = self.objective.denoise(net, noisy, generator)
             loss = F.mse_loss(denoised, clean)
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
@@ -267,11 +303,11 @@ class DenoisingModule(L.LightningModule):
         """Denoised images in [0, 1] for a batch of clean images, noised with seeded noise of its own stream (or
         for a batch of the data's own noisy images, as they are)."""
         if "test" in self.noisy_splits:
-            noisy = self._views(batch)[0]
+            noisy, net = self._views(batch)[0], self.net
         else:
             generator = self._noise_generator("predict", self.eval_noise_seed, batch_idx, dataloader_idx)
-            noisy = self.noise(self._clean(batch), generator=generator)
-        return self.net(noisy).clamp(0, 1)  # residual networks (UNet, DnCNN) are not bounded by themselves
+            noisy, net = self._noised(self._clean(batch), generator)
+        return net(noisy).clamp(0, 1)  # residual networks (UNet, DnCNN) are not bounded by themselves
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["train_noise_seed"] = self.train_noise_seed

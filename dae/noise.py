@@ -65,10 +65,14 @@ class GaussianNoise(nn.Module):
             return self.std
         return self.lo + (self.hi - self.lo) * _rand(_per_image(clean), clean, generator)
 
-    def forward(self, clean: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def draw(self, clean: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | float]:
+        """The noisy batch and the std each image got (what a noise-conditioned network is told)."""
         sigma = self.sigma(clean, generator)
         noisy = clean + sigma * _randn(clean.shape, clean, generator)
-        return noisy.clamp(0.0, 1.0) if self.clip else noisy
+        return (noisy.clamp(0.0, 1.0) if self.clip else noisy), sigma
+
+    def forward(self, clean: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.draw(clean, generator)[0]
 
     def extra_repr(self) -> str:
         return f"std={self.std}, clip={self.clip}"

@@ -12,8 +12,8 @@ from PIL import Image
 
 from dae.commands import main
 from dae.commands.denoise import COMPARE_SUFFIX
-from dae.data.images import read_image, write_image
-from dae.inference import denoise_image, input_size
+from dae.data.images import from_unit_tensor, read_image, to_unit_tensor, write_image
+from dae.inference import denoise_image, estimate_sigma, input_size, load_network
 from dae.nets import ConvAutoencoder, DnCNN, UNet
 from tests.conftest import fit_args
 from tests.idx import synthetic_images
@@ -305,3 +305,57 @@ def test_dae_denoise_runs_without_importing_lightning(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stdout.strip().splitlines()[-1] == "0 []", done.stderr
     assert (tmp_path / "out" / "in.png").is_file()
+
+
+def noisy_gray_file(folder: Path, sigma255: float = 25) -> Path:
+    """A gray PNG of ``clean_gray`` with Gaussian noise of ``sigma255`` (clipped and rounded, as saved photos are)."""
+    rng = np.random.default_rng(0)
+    clean = clean_gray(40, 52).astype(np.float64)
+    noisy = np.clip(clean + sigma255 * rng.standard_normal(clean.shape), 0, 255).round().astype(np.uint8)
+    return write_image(folder / "noisy.png", noisy[..., None])
+
+
+def denoised_8_bit(net, path: Path, sigma: float | None) -> np.ndarray:
+    """What dae denoise writes for ``path``: ``denoise_image`` told ``sigma``, clipped and rounded to 8 bits."""
+    image = to_unit_tensor(read_image(path))
+    return from_unit_tensor(denoise_image(net, image, sigma=sigma).clamp(0, 1), np.dtype(np.uint8))
+
+
+def test_sigma_sets_the_level_of_a_noise_conditioned_model(conditioned_run, tmp_path, capsys):
+    source = noisy_gray_file(tmp_path / "in")
+    net = load_network(str(conditioned_run))
+    outputs = {}
+    for sigma in ("25", "5"):
+        out = tmp_path / f"out{sigma}"
+        assert main(["denoise", str(source), "--ckpt", str(conditioned_run), "--sigma", sigma, "-o", str(out)]) == 0
+        outputs[sigma] = read_image(out / "noisy.png")
+        assert np.array_equal(outputs[sigma], denoised_8_bit(net, source, float(sigma) / 255))
+    assert not np.array_equal(outputs["25"], outputs["5"])
+    err = capsys.readouterr().err
+    assert "told noise level 25" in err and "estimated" not in err
+
+
+def test_without_sigma_the_level_is_estimated_from_each_image_and_printed(conditioned_run, tmp_path, capsys):
+    source = noisy_gray_file(tmp_path / "in", sigma255=20)
+    out = tmp_path / "out"
+    assert main(["denoise", str(source), "--ckpt", str(conditioned_run), "-o", str(out)]) == 0
+    level = estimate_sigma(to_unit_tensor(read_image(source)))
+    assert 15 < level * 255 < 25
+    assert f"{source}: noise level estimated at sigma {level * 255:.1f}" in capsys.readouterr().err
+    assert np.array_equal(read_image(out / "noisy.png"), denoised_8_bit(load_network(str(conditioned_run)), source,
+                                                                        level))
+
+
+def test_a_blind_model_says_that_it_ignores_sigma(trained_run, tmp_path, capsys):
+    source = noisy_gray_file(tmp_path / "in")
+    for name, extra in (("given", ["--sigma", "25"]), ("plain", [])):
+        assert main(["denoise", str(source), "--ckpt", str(trained_run), "-o", str(tmp_path / name), *extra]) == 0
+    assert "is a blind model: it ignores --sigma" in capsys.readouterr().err
+    assert np.array_equal(read_image(tmp_path / "given" / "noisy.png"), read_image(tmp_path / "plain" / "noisy.png"))
+
+
+@pytest.mark.parametrize("sigma", ["-1", "256", "nan"])
+def test_sigma_outside_the_8_bit_scale_is_refused(sigma, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["denoise", str(tmp_path), "--sigma", sigma, "-o", str(tmp_path / "out")])
+    assert stop.value.code == 2 and "give a number in [0, 255]" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from PIL import Image
 from dae.baselines import BASELINES
 from dae.commands import main
 from dae.commands.evaluate import BaselineMethod, Row, evaluate_images, markdown_table
-from dae.inference import denoise_image, load_network
+from dae.inference import denoise_image, estimate_sigma, load_network
 
 
 class Recorder:
@@ -98,7 +98,7 @@ def test_command_scores_a_folder_with_sigmas_on_the_255_scale(tmp_path, capsys):
     assert main(["evaluate", "--images", str(tmp_path / "set"), "--sigma255", "15", "50", "--baselines", "TV",
                  "-o", str(out_prefix)]) == 0
     out = capsys.readouterr().out
-    assert "3 full-size images" in out and "sigma 15: PSNR / SSIM" in out and "sigma 50: PSNR / SSIM" in out
+    assert "3 full-size gray images" in out and "sigma 15: PSNR / SSIM" in out and "sigma 50: PSNR / SSIM" in out
     result = json.loads(out_prefix.with_suffix(".json").read_text())
     assert result["settings"]["sigma255"] == pytest.approx([15, 50]) and result["settings"]["images"] == 3
     rows = {(r["method"], round(r["std"] * 255)): r for r in result["results"]}
@@ -120,6 +120,22 @@ def test_networks_denoise_the_full_size_images_as_dae_denoise_does(trained_run, 
                                [25 / 255], seed=0)
     assert rows[1]["psnr"] == pytest.approx(expected[1].psnr, abs=1e-4)
     assert rows[1]["ssim"] == pytest.approx(expected[1].ssim, abs=1e-4)
+
+
+def test_a_noise_conditioned_network_is_scored_with_the_true_and_the_estimated_level(conditioned_run, tmp_path):
+    write_pngs(tmp_path / "set")
+    assert main(["evaluate", str(conditioned_run), "--images", str(tmp_path / "set"), "--sigma255", "25",
+                 "--baselines", "--ensemble", "-o", str(tmp_path / "r")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    names = [row["method"] for row in rows]
+    suffixes = ["true sigma", "true sigma, self-ensemble x8", "estimated sigma", "estimated sigma, self-ensemble x8"]
+    assert len(names) == 5 and all(name.endswith(", " + end) for name, end in zip(names[1:], suffixes))
+    net = load_network(str(conditioned_run))
+    for row, level in ((rows[1], lambda x: 25 / 255), (rows[3], estimate_sigma)):
+        expected = evaluate_images([Recorder("net", lambda x: denoise_image(net, x[0], sigma=level(x[0]))[None])],
+                                   gray_images(), [25 / 255], seed=0)
+        assert row["psnr"] == pytest.approx(expected[1].psnr, abs=1e-4), row["method"]
+    assert rows[1]["psnr"] != rows[3]["psnr"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -145,3 +161,63 @@ def test_table_labels_sigmas_on_the_255_scale_and_keeps_slow_speeds_readable():
     table = markdown_table(rows, scale=255)
     assert "| method | sigma 25: PSNR / SSIM | images/s |" in table
     assert "| BM3D | 29.98 / 0.850 | 0.039 |" in table and "| net | 30.10 / 0.860 | 1,234 |" in table
+
+
+def colour_images():
+    """``gray_images`` in colour: the three channels of each picture differ (a ramp, its mirror, a constant)."""
+    return [torch.cat([g, g.flip(-1), torch.full_like(g, 0.5)]) for g in gray_images()]
+
+
+def write_colour_pngs(folder: Path) -> None:
+    folder.mkdir()
+    for i, image in enumerate(colour_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:02d}.png")
+
+
+def test_colour_images_get_noise_per_channel_and_psnr_over_all_three():
+    images = colour_images()
+    keep = Recorder("noisy", lambda noisy: noisy)
+    # denoises the first channel perfectly, leaves the other two noisy
+    first_clean = Recorder("first channel", lambda noisy: torch.cat([clean_of[noisy.shape[-1]], noisy[:, 1:]], 1))
+    clean_of = {image.shape[-1]: image[None, :1] for image in images}
+    rows = evaluate_images([keep, first_clean], images, [25 / 255], seed=0)
+    noise = [x[0] - c for (_, x), c in zip(keep.seen, images)]
+    assert all(n.shape[0] == 3 for n in noise)
+    for n in noise:  # independent noise in each channel
+        assert not torch.equal(n[0], n[1]) and abs(torch.corrcoef(n.flatten(1))[0, 1]) < 0.1
+    expected = []
+    for image, (_, noisy) in zip(images, first_clean.seen):
+        out = torch.cat([image[:1], noisy[0, 1:].clamp(0, 1).mul(255).round().div(255)])
+        expected.append(10 * torch.log10(1 / (out - image).pow(2).mean()))  # over all three channels
+    assert rows[2].psnr == pytest.approx(float(torch.stack(expected).mean()), abs=1e-3)
+
+
+def test_the_command_scores_colour_images_in_colour(tmp_path, capsys):
+    write_colour_pngs(tmp_path / "set")
+    assert main(["evaluate", "--images", str(tmp_path / "set"), "--channels", "3", "--sigma255", "25",
+                 "--baselines", "TV", "-o", str(tmp_path / "r")]) == 0
+    assert "3 full-size colour images" in capsys.readouterr().out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["settings"]["channels"] == 3
+    gray = evaluate_images([Recorder("noisy")], gray_images(), [25 / 255], seed=0)[0]
+    noisy_row = result["results"][0]
+    assert noisy_row["method"] == "noisy input" and noisy_row["psnr"] == pytest.approx(gray.psnr, abs=0.3)
+
+
+def test_bm3d_runs_as_cbm3d_on_colour_images():
+    pytest.importorskip("bm3d")
+    baseline = BASELINES["BM3D"]
+    assert baseline.name_for(3) == "CBM3D" and baseline.name_for(1) == "BM3D"
+    image = colour_images()[0][None]
+    noisy = image + 25 / 255 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
+    colour = baseline.denoise(noisy, 25 / 255, baseline.untuned)
+    per_channel = torch.cat([baseline.denoise(noisy[:, c : c + 1], 25 / 255, baseline.untuned) for c in range(3)], 1)
+    assert colour.shape == noisy.shape
+    assert not torch.allclose(colour, per_channel, atol=1e-3)  # one joint denoising, not three gray ones
+    assert (colour - image).pow(2).mean() < 0.5 * (noisy - image).pow(2).mean()
+
+
+def test_channels_is_refused_outside_images(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--channels", "3", "--dataset", "mnist", "-o", str(tmp_path / "r")])
+    assert stop.value.code == 2 and "--channels applies to --images" in capsys.readouterr().err

@@ -46,6 +46,25 @@ def test_fully_convolutional_net_exports_at_the_chosen_size(tmp_path, fmt):
     assert worst < 1e-4
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_noise_conditioned_net_exports_with_its_noise_level_input(conditioned_run, tmp_path, fmt, capsys):
+    out = tmp_path / f"dae.{fmt}"
+    assert main(["export", "--ckpt", str(conditioned_run), "--format", fmt, "--size", "32", "40", "-o", str(out)]) == 0
+    assert "input (batch, 1, 32, 40), sigma (batch,)" in capsys.readouterr().out
+    net = load_model(conditioned_run).net
+    batch, sigma = torch.rand(3, 1, 32, 40), torch.tensor([0.0, 0.1, 0.2])
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"noisy": batch.numpy(), "sigma": sigma.numpy()})[0])
+    else:
+        got = torch.jit.load(str(out))(batch, sigma)
+    torch.testing.assert_close(got, net(batch, sigma), atol=1e-5, rtol=0)
+    assert not torch.allclose(got[1:2], net(batch[1:2], 0.2), atol=1e-5)  # each image's own level counts
+
+
 def test_missing_onnx_packages_give_an_install_hint(trained_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(SystemExit) as exit_info:

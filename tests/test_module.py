@@ -6,7 +6,8 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from dae.data import MNISTDataModule
 from dae.module import DenoisingModule
 from dae.nets import ConvAutoencoder, DnCNN, UNet
-from dae.noise import GaussianNoise
+from dae.noise import GaussianNoise, PoissonNoise
+from dae.objectives import Noise2Self
 
 
 class RecordingNoise(GaussianNoise):
@@ -287,3 +288,61 @@ def test_compiled_network_trains_and_denoises_like_the_plain_one(mnist_dir, tiny
     before = {k: v.clone() for k, v in compiled.state_dict().items()}
     tiny_trainer(limit_train_batches=2, limit_val_batches=1).fit(compiled, dm_for(mnist_dir, batch_size=8))
     assert any(not torch.equal(before[k], v) for k, v in compiled.state_dict().items())
+
+
+class LevelRecorder(torch.nn.Module):
+    """A noise-conditioned network that keeps every batch and noise level it is given."""
+
+    noise_map = True
+    in_channels = 1
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.calls = []
+
+    def forward(self, x, sigma=None):
+        self.calls.append((x.detach().clone(), sigma))
+        return x * self.scale
+
+
+class DrawRecorder(GaussianNoise):
+    """Gaussian noise of a range of stds that keeps each noisy batch and the stds it drew."""
+
+    def __init__(self):
+        super().__init__(std=(0.0, 0.3))
+        self.draws = []
+
+    def draw(self, clean, generator=None):
+        noisy, sigma = super().draw(clean, generator)
+        self.draws.append((noisy.detach().clone(), sigma.clone()))
+        return noisy, sigma
+
+
+def test_a_noise_conditioned_network_is_told_the_std_each_image_got(mnist_dir, tiny_trainer):
+    net, noise = LevelRecorder(), DrawRecorder()
+    module = DenoisingModule(net=net, noise=noise)
+    trainer = tiny_trainer(limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(module, dm_for(mnist_dir, batch_size=8))
+    assert len(net.calls) == len(noise.draws) == 4  # 3 training steps, 1 validation batch
+    for (x, sigma), (noisy, drawn) in zip(net.calls, noise.draws):
+        assert torch.equal(x, noisy) and torch.equal(sigma, drawn)
+        assert sigma.shape == (8, 1, 1, 1) and len(sigma.unique()) == 8
+    out = module(torch.rand(2, 1, 28, 28), sigma=0.1)
+    assert net.calls[-1][1] == 0.1 and out.shape == (2, 1, 28, 28)
+
+
+def test_prediction_tells_a_noise_conditioned_network_the_level(mnist_dir, tiny_trainer):
+    net, noise = LevelRecorder(), DrawRecorder()
+    tiny_trainer(limit_predict_batches=1).predict(DenoisingModule(net=net, noise=noise), dm_for(mnist_dir))
+    assert len(net.calls) == 1 and torch.equal(net.calls[0][1], noise.draws[0][1])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"noise": PoissonNoise()}, "PoissonNoise does not report"),
+    ({"objective": Noise2Self()}, "Supervised objective on clean data"),
+])
+def test_a_noise_conditioned_network_needs_noise_of_known_level(kwargs, match, mnist_dir, tiny_trainer):
+    module = DenoisingModule(net=UNet(width=8, depth=1, residual=False, noise_map=True), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        tiny_trainer().fit(module, dm_for(mnist_dir))

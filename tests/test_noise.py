@@ -47,6 +47,19 @@ def test_gaussian_range_draws_one_std_per_image_uniformly():
     assert abs(diff.mean().item()) < 0.002
 
 
+def test_gaussian_draw_reports_the_std_each_image_got():
+    clean = torch.full((300, 1, 32, 32), 0.5)
+    noisy, sigma = GaussianNoise(std=(0.0, 0.3)).draw(clean, generator=torch.Generator().manual_seed(0))
+    assert sigma.shape == (300, 1, 1, 1)
+    per_image = (noisy - clean).flatten(1).std(dim=1)
+    # 1024 values estimate an image's std to about 2% (plus a little for the near-zero ones)
+    assert torch.allclose(per_image, sigma.flatten(), rtol=0.1, atol=0.003)
+    same = GaussianNoise(std=(0.0, 0.3))(clean, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same, noisy)  # forward draws exactly what draw does
+    fixed_noisy, fixed = GaussianNoise(std=0.2).draw(clean)
+    assert fixed == 0.2 and (fixed_noisy - clean).std().item() == pytest.approx(0.2, rel=0.01)
+
+
 def test_gaussian_range_is_repeatable_with_a_generator_and_can_clip():
     noise, clean = GaussianNoise(std=[0.0, 0.5], clip=True), torch.rand(16, 3, 20, 20)
     a = noise(clean, generator=torch.Generator().manual_seed(3))

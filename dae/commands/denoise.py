@@ -22,6 +22,7 @@ from dae.data.images import (
     write_image,
 )
 from dae.inference.loading import CheckpointError, add_allow_class_option, load_network
+from dae.inference.noise_level import estimate_sigma
 from dae.inference.pretrained import DEFAULT_MODEL
 from dae.inference.tiling import denoise_image, input_size
 
@@ -105,8 +106,9 @@ class Denoiser:
 
     def __init__(self, net: torch.nn.Module, device: torch.device, batch_size: int | None, add_noise: float | None,
                  seed: int, compare: bool, tile: int | None = None, margin: int | None = None,
-                 ensemble: bool = False) -> None:
+                 ensemble: bool = False, sigma: float | None = None) -> None:
         self.net = net
+        self.sigma = sigma
         self.ensemble = ensemble
         self.tile = tile
         self.margin = margin
@@ -128,12 +130,26 @@ class Denoiser:
             color = add_gaussian_noise(color, self.add_noise, seed)
         if color.shape[0] > 1 and getattr(self.net, "in_channels", 1) == 1:
             self.notices.add("the network takes one channel: colour images were denoised one channel at a time")
-        denoised = denoise_image(self.net, color, self.batch_size, self.tile, self.margin, self.ensemble).clamp(0, 1)
+        level = self.noise_level(job, color)
+        denoised = denoise_image(self.net, color, self.batch_size, self.tile, self.margin, self.ensemble,
+                                 level).clamp(0, 1)
         result = torch.cat([denoised, image[-1:]]) if has_alpha else denoised
         target, *compare = output_files(job, out_dir, self.compare)
         written = [write_image(target, from_unit_tensor(result, pixels.dtype))]
         written.extend(write_image(path, side_by_side(color, denoised)) for path in compare)
         return written
+
+
+    def noise_level(self, job: Job, color: torch.Tensor) -> float | None:
+        """The level a noise-conditioned network is told: ``sigma``, else estimated from the image (and said)."""
+        if not getattr(self.net, "noise_map", False):
+            return None
+        if self.sigma is not None:
+            return self.sigma
+        level = estimate_sigma(color)
+        tqdm.write(f"{job.source}: noise level estimated at sigma {level * 255:.1f} (0..255; --sigma sets it)",
+                   file=sys.stderr)
+        return level
 
 
 def pick_device(name: str) -> torch.device:
@@ -173,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--add-noise", type=float, metavar="STD",
                         help="add Gaussian noise of this std (pixel range 0..1) first, to demo on clean pictures")
     parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
+    parser.add_argument("--sigma", type=float, metavar="SIGMA",
+                        help="the noise level (std on the 0..255 scale) that a noise-conditioned model is told: "
+                        "higher smooths more (default: estimated from each image, and printed); a blind model "
+                        "ignores it")
     parser.add_argument("--ensemble", action="store_true",
                         help="denoise each image in its 8 flips and rotations and average the results turned back "
                         "(a self-ensemble: 8 times the compute, usually a little better)")
@@ -193,6 +213,8 @@ def denoise_command(argv: Sequence[str]) -> int:
         parser.error(f"--tile-margin needs --tile N and must lie in [0, N/2), got {args.tile_margin}")
     if args.add_noise is not None and not args.add_noise >= 0:
         parser.error(f"--add-noise must be a std >= 0, got {args.add_noise}")
+    if args.sigma is not None and not 0 <= args.sigma <= 255:
+        parser.error(f"--sigma is a std on the 0..255 scale of 8-bit pixels: give a number in [0, 255], got {args.sigma}")
     out_dir = Path(args.output)
     jobs, errors = collect_jobs(args.inputs)
     try:
@@ -212,9 +234,15 @@ def denoise_command(argv: Sequence[str]) -> int:
            else "whole images (fully convolutional)")
     if args.ensemble:
         how += ", self-ensemble of 8 orientations"
+    if getattr(net, "noise_map", False):
+        how += f", told noise level {args.sigma:g}" if args.sigma is not None else ", noise level estimated per image"
     print(f"network: {type(net).__name__} ({args.ckpt}) on {device}, {how}", file=sys.stderr)
+    sigma = None if args.sigma is None else args.sigma / 255
     denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
-                        args.tile_margin, args.ensemble)
+                        args.tile_margin, args.ensemble, sigma)
+    if sigma is not None and not getattr(net, "noise_map", False):
+        denoiser.notices.add(f"{type(net).__name__} ({args.ckpt}) is a blind model: it ignores --sigma and "
+                             "denoises whatever level it sees")
     done = 0
     for job in tqdm(jobs, desc="denoising", unit="image", disable=None if len(jobs) > 1 else True):
         try:

@@ -41,6 +41,7 @@ from dae.inference.loading import (
     load_model,
     resolve_checkpoint,
 )
+from dae.inference.noise_level import estimate_sigma
 from dae.inference.tiling import denoise_image
 from dae.module import DenoisingModule, image_metrics
 from dae.moved import current_name
@@ -79,24 +80,42 @@ def scores(images: Tensor, clean: Tensor, output: bool = True, chunk: int = 1000
     return float(result["psnr"]), float(result["ssim"])
 
 
+# How a noise-conditioned network is told the noise level: the std the noise was drawn with (as the classical
+# baselines get it), or the level estimated from each noisy image (as dae denoise does without --sigma).
+SIGMA_SOURCES = ("true", "estimated")
+
+
 class NetworkMethod:
     """A trained ``DenoisingModule`` run in batches without gradients; with ``ensemble``, the mean over the
-    8 flips and rotations of each batch (``self_ensemble``)."""
+    8 flips and rotations of each batch (``self_ensemble``). A noise-conditioned network is told the ``sigma``
+    source's level: ``true`` or ``estimated`` (``SIGMA_SOURCES``); None for a blind one."""
 
     def __init__(self, name: str, module: DenoisingModule, source: str, batch_size: int = 256,
-                 ensemble: bool = False) -> None:
+                 ensemble: bool = False, sigma: str | None = None) -> None:
         self.name, self.module, self.source, self.batch_size = name, module.eval(), source, batch_size
-        self.ensemble = ensemble
+        self.ensemble, self.sigma = ensemble, sigma
+        if sigma is not None:
+            self.name += f", {sigma} sigma"
         if ensemble:
             self.name += ", self-ensemble x8"
 
     def prepare(self, std: float) -> str:
         return self.source
 
+    def level(self, noisy: Tensor, std: float) -> Tensor | None:
+        """The noise level (one per image of ``noisy``) a conditioned network is told; None for a blind one."""
+        if self.sigma is None:
+            return None
+        levels = [std] * len(noisy) if self.sigma == "true" else [estimate_sigma(image) for image in noisy]
+        return torch.tensor(levels, dtype=noisy.dtype, device=noisy.device)
+
     @torch.no_grad()
     def __call__(self, noisy: Tensor, std: float) -> Tensor:
-        run = partial(self_ensemble, self.module) if self.ensemble else self.module
-        return torch.cat([run(batch) for batch in noisy.split(self.batch_size)])
+        outputs = []
+        for batch in noisy.split(self.batch_size):
+            net = partial(self.module, sigma=self.level(batch, std))
+            outputs.append(self_ensemble(net, batch) if self.ensemble else net(batch))
+        return torch.cat(outputs)
 
 
 class ImageNetworkMethod(NetworkMethod):
@@ -106,16 +125,18 @@ class ImageNetworkMethod(NetworkMethod):
 
     @torch.no_grad()
     def __call__(self, noisy: Tensor, std: float) -> Tensor:
-        return torch.stack([denoise_image(self.module.net, image, self.batch_size, ensemble=self.ensemble)
-                            for image in noisy])
+        levels = self.level(noisy, std)
+        return torch.stack([denoise_image(self.module.net, image, self.batch_size, ensemble=self.ensemble,
+                                          sigma=None if levels is None else float(levels[i]))
+                            for i, image in enumerate(noisy)])
 
 
 class BaselineMethod:
     """A classical denoiser given the true std, its parameters tuned per std on validation images (or its
     ``untuned`` settings when ``clean_val`` is None)."""
 
-    def __init__(self, baseline: Baseline, clean_val: Tensor | None, seed: int, clip: bool) -> None:
-        self.name, self.baseline = baseline.name, baseline
+    def __init__(self, baseline: Baseline, clean_val: Tensor | None, seed: int, clip: bool, channels: int = 1) -> None:
+        self.name, self.baseline = baseline.name_for(channels), baseline
         self.clean_val, self.seed, self.clip = clean_val, seed, clip
         self.params: dict[float, dict[str, Any]] = {}
 
@@ -227,8 +248,9 @@ def write_results(rows: Sequence[Row], settings: dict[str, Any], prefix: Path) -
 def _network_methods(paths: Sequence[str], batch_size: int, allow_classes: Sequence[str] = (),
                      method_class: type[NetworkMethod] = NetworkMethod,
                      ensemble: bool = False) -> tuple[list[NetworkMethod], dict[str, Any]]:
-    """A ``method_class`` per checkpoint (named after its network and noise), with ``ensemble`` each followed by
-    its self-ensemble, and the first one's data settings (with ``_class_path``, the data module class it was
+    """A ``method_class`` per checkpoint (named after its network and noise; a noise-conditioned network's twice,
+    told the true and the estimated noise level), with ``ensemble`` each followed by its self-ensemble, and the
+    first one's data settings (with ``_class_path``, the data module class it was
     trained with)."""
     methods, data_hparams = [], {}
     for path in paths:
@@ -246,10 +268,11 @@ def _network_methods(paths: Sequence[str], batch_size: int, allow_classes: Seque
     for number, method in enumerate(methods, 1):
         if names.count(method.name) > 1:  # two runs of one setup: the CSV's params column names each file
             method.name += f" [checkpoint {number}]"
-    if ensemble:
-        methods = [m for plain in methods
-                   for m in (plain, method_class(plain.name, plain.module, plain.source, batch_size, ensemble=True))]
-    return methods, data_hparams
+    ensembles = (False, True) if ensemble else (False,)
+    return [method_class(plain.name, plain.module, plain.source, batch_size, ensembled, sigma)
+            for plain in methods
+            for sigma in (SIGMA_SOURCES if plain.module.conditioned else (None,))
+            for ensembled in ensembles], data_hparams
 
 
 # The data modules a checkpoint may name, by class path; a lookup, not an import: checkpoints may be anyone's.
@@ -314,6 +337,9 @@ def _parser() -> argparse.ArgumentParser:
     levels.add_argument("--sigma255", type=float, nargs="+", metavar="SIGMA",
                         help="Gaussian noise stds on the 0..255 scale, as published tables give them (default with "
                         f"--images: {' '.join(map(str, DEFAULT_SIGMAS_255))})")
+    parser.add_argument("--channels", type=int, choices=(1, 3),
+                        help="with --images: score the images in gray (1) or colour (3; noise drawn per channel, PSNR "
+                        "over all three, BM3D as CBM3D); default: the channels the checkpoints take, else gray")
     parser.add_argument("--limit", type=_positive(int), help="evaluate on the first N test images only")
     parser.add_argument("--tune-limit", type=_positive(int), default=100,
                         help="validation images for tuning the classical baselines (default: %(default)s)")
@@ -359,6 +385,8 @@ def evaluate_command(argv: Sequence[str]) -> int:
             parser.error(f"--images scores every image of a folder with unclipped noise; {', '.join(given)} "
                          "applies to a data set's test split")
         return _evaluate_images_command(parser, args, stds)
+    if args.channels is not None:
+        parser.error("--channels applies to --images; a data set's test split has the channels it was trained on")
     if not args.checkpoints and args.dataset is None:
         parser.error("give at least one checkpoint, or --dataset (or --images DIR) to evaluate the baselines alone")
     try:
@@ -371,7 +399,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
     except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         parser.exit(2, f"dae evaluate: error: {e}\n")
     _print_notices(notices)
-    methods = [*networks, *(BaselineMethod(b, clean_val, args.seed + 1, args.clip) for b in baselines)]
+    methods = [*networks, *(BaselineMethod(b, clean_val, args.seed + 1, args.clip, clean.shape[1]) for b in baselines)]
     rows = evaluate(methods, clean, stds, args.seed, args.clip)
     dataset, data_dir = describe(data)
     settings = {
@@ -398,6 +426,15 @@ def _report(rows: Sequence[Row], settings: dict[str, Any], heading: str, output:
     return 0
 
 
+def image_channels(networks: Sequence[NetworkMethod]) -> int:
+    """The channels the images are scored in: those the networks take (1, gray, without any)."""
+    channels = {getattr(m.module.net, "in_channels", 1) for m in networks} or {1}
+    if len(channels) > 1:
+        raise ValueError("the checkpoints take different numbers of channels: give --channels 1 or 3 to score them "
+                         "on gray or colour images (a gray network denoises colour images one channel at a time)")
+    return channels.pop()
+
+
 def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Namespace, stds: list[float]) -> int:
     """``dae evaluate [CKPT ...] --images DIR``: the published protocol on a folder of full-size clean images."""
     if not args.checkpoints and not args.baselines:
@@ -405,20 +442,20 @@ def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Nam
     try:
         networks, _ = _network_methods(args.checkpoints, args.batch_size, args.allow_class, ImageNetworkMethod,
                                        args.ensemble)
-        channels = {getattr(m.module.net, "in_channels", 1) for m in networks} or {1}
-        if len(channels) > 1:
-            raise ValueError("the checkpoints take different numbers of channels; evaluate them separately")
+        channels = args.channels or image_channels(networks)
         baselines, notices = available_baselines(args.baselines)
-        images = [to_unit_float(image) for image in load_image_folder(Path(args.images), channels.pop(), 1).values()]
+        images = [to_unit_float(image) for image in load_image_folder(Path(args.images), channels, 1).values()]
     except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         parser.exit(2, f"dae evaluate: error: {e}\n")
     _print_notices(notices)
-    methods = [*networks, *(BaselineMethod(b, None, args.seed, clip=False) for b in baselines)]
+    methods = [*networks, *(BaselineMethod(b, None, args.seed, clip=False, channels=channels) for b in baselines)]
     rows = evaluate_images(methods, images, stds, args.seed)
     settings = {
-        "images_dir": str(args.images), "images": len(images), "stds": stds, "sigma255": [s * 255 for s in stds],
+        "images_dir": str(args.images), "images": len(images), "channels": channels, "stds": stds, "sigma255": [s * 255 for s in stds],
         "clip": False, "outputs": "clipped to [0, 1] and rounded to 8 bits", "seed": args.seed,
         "baselines": "untuned, given the true std",
     }
-    heading = f"{args.images}: {len(images)} full-size images, unclipped Gaussian noise, outputs rounded to 8 bits"
+    kind = "colour" if channels == 3 else "gray"
+    heading = (f"{args.images}: {len(images)} full-size {kind} images, unclipped Gaussian noise, outputs rounded to "
+               "8 bits")
     return _report(rows, settings, heading, Path(args.output), scale=255)

@@ -2,7 +2,8 @@
 
 Both formats take float batches (N, C, H, W) in [0, 1] with any batch size N; H and W are fixed at export
 (the net's ``input_size``, else ``--size``), since shape-dependent Python code (e.g. the U-Net's padding)
-is frozen when the graph is captured.
+is frozen when the graph is captured. A noise-conditioned network takes a second input, ``sigma`` (N,): each
+image's noise level, the std on the [0, 1] scale.
 """
 
 from __future__ import annotations
@@ -40,7 +41,22 @@ def _require_onnx() -> None:
         raise RuntimeError(f"{_ONNX_MISSING} ({e})") from e
 
 
-def export_onnx(net: nn.Module, example: torch.Tensor, out: Path) -> None:
+def input_names(net: nn.Module) -> list[str]:
+    """The exported model's inputs: ``noisy``, and ``sigma`` for a noise-conditioned network."""
+    return ["noisy", "sigma"] if getattr(net, "noise_map", False) else ["noisy"]
+
+
+def example_inputs(net: nn.Module, batch_size: int, shape: tuple[int, int, int],
+                   generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random inputs of ``net`` for a batch of ``batch_size`` images of ``shape``: images in [0, 1], and noise
+    levels in [0, 0.2] for a noise-conditioned network."""
+    images = torch.rand((batch_size, *shape), generator=generator)
+    if len(input_names(net)) == 1:
+        return (images,)
+    return images, 0.2 * torch.rand(batch_size, generator=generator)
+
+
+def export_onnx(net: nn.Module, example: tuple[torch.Tensor, ...], out: Path) -> None:
     """Write ``net`` as ONNX with a dynamic batch dimension named ``batch``."""
     _require_onnx()
     from torch.export import Dim
@@ -49,29 +65,32 @@ def export_onnx(net: nn.Module, example: torch.Tensor, out: Path) -> None:
     # The exporter prints and warns about its internal steps; a failure still raises with the details.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (example,), out, input_names=["noisy"], output_names=["denoised"],
-                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+        torch.onnx.export(net, example, out, input_names=input_names(net), output_names=["denoised"],
+                          dynamic_shapes=tuple({0: batch} for _ in example), dynamo=True, external_data=False,
+                          verbose=False)
 
 
-def export_torchscript(net: nn.Module, example: torch.Tensor, out: Path) -> None:
+def export_torchscript(net: nn.Module, example: tuple[torch.Tensor, ...], out: Path) -> None:
     """Write ``net`` as a traced TorchScript module (``torch.jit.load`` reads it back, no dae code needed)."""
+    generator = torch.Generator().manual_seed(2)
+    shape = tuple(example[0].shape[1:])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice; tracing still works
-        traced = torch.jit.trace(net, example, check_inputs=[(torch.rand(b, *example.shape[1:]),)
+        traced = torch.jit.trace(net, example, check_inputs=[example_inputs(net, b, shape, generator)
                                                              for b in PARITY_BATCHES])
         traced.save(str(out))
 
 
-def run_exported(path: Path, fmt: str, batch: torch.Tensor) -> torch.Tensor:
-    """Run an exported file on ``batch`` with its own runtime (onnxruntime, or torch.jit)."""
+def run_exported(path: Path, fmt: str, inputs: tuple[torch.Tensor, ...], names: list[str]) -> torch.Tensor:
+    """Run an exported file on ``inputs`` (named ``names``) with its own runtime (onnxruntime, or torch.jit)."""
     if fmt == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(session.run(None, {"noisy": batch.numpy()})[0])
+        return torch.from_numpy(session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.load(str(path), map_location="cpu")(batch)
+        return torch.jit.load(str(path), map_location="cpu")(*inputs)
 
 
 @torch.no_grad()
@@ -80,9 +99,9 @@ def parity(net: nn.Module, path: Path, fmt: str, shape: tuple[int, int, int], se
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for batch_size in PARITY_BATCHES:
-        batch = torch.rand((batch_size, *shape), generator=generator)
-        expected = net(batch)
-        got = run_exported(path, fmt, batch)
+        inputs = example_inputs(net, batch_size, shape, generator)
+        expected = net(*inputs)
+        got = run_exported(path, fmt, inputs, input_names(net))
         if got.shape != expected.shape:
             raise RuntimeError(f"the exported model gave shape {tuple(got.shape)} for a batch of {batch_size}, "
                                f"PyTorch {tuple(expected.shape)}")
@@ -108,7 +127,7 @@ def export_model(net: nn.Module, fmt: str, out: str | os.PathLike, size: tuple[i
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     net = copy.deepcopy(net).cpu().eval()
     shape = export_shape(net, size)
-    example = torch.rand(EXPORT_BATCH, *shape, generator=torch.Generator().manual_seed(1))
+    example = example_inputs(net, EXPORT_BATCH, shape, torch.Generator().manual_seed(1))
     with replaced_whole(out) as exported:
         (export_onnx if fmt == "onnx" else export_torchscript)(net, example, exported)
         try:
@@ -142,6 +161,7 @@ def export_command(argv: Sequence[str]) -> int:
     except (CheckpointError, RuntimeError) as e:
         parser.exit(2, f"dae export: error: {e}\n")
     shape = export_shape(net, tuple(args.size) if args.size else None)
-    print(f"wrote {args.output} ({args.format}, input (batch, {', '.join(map(str, shape))}) for any batch "
+    sigma = ", sigma (batch,)" if len(input_names(net)) > 1 else ""
+    print(f"wrote {args.output} ({args.format}, input (batch, {', '.join(map(str, shape))}){sigma} for any batch "
           f"size); parity with PyTorch: max abs difference {worst:.3g} over batches of {PARITY_BATCHES}")
     return 0

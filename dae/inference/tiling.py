@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ TILE_ALIGN = 32
 PIXELS_PER_PASS = 1 << 16
 
 
-def receptive_radius(net: nn.Module, like: Tensor) -> int:
+def receptive_radius(net: Callable[[Tensor], Tensor], like: Tensor) -> int:
     """How far (in pixels) an output pixel of ``net`` looks, as far as a batch shaped like ``like`` (1, C, H, W)
     shows: the farthest input pixel on which the centre output pixel's gradient is not zero."""
     probe = torch.rand(like.shape, dtype=like.dtype, device=like.device, requires_grad=True)
@@ -94,7 +96,7 @@ def _tile(images: Tensor, top: int, left: int, th: int, tw: int) -> Tensor:
     return F.pad(tile, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def denoise_tiled(net: nn.Module, images: Tensor, tile: tuple[int, int], margin: int,
+def denoise_tiled(net: Callable[[Tensor], Tensor], images: Tensor, tile: tuple[int, int], margin: int,
                   batch_size: int | None = None, fixed_size: bool = True) -> Tensor:
     """Run ``net`` over overlapping tiles of ``images`` (N, C, H, W) and put the results together (any H, W).
 
@@ -150,7 +152,7 @@ def _owned(weight: Tensor) -> slice:
 
 @torch.no_grad()
 def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, tile: int | None = None,
-                  margin: int | None = None, ensemble: bool = False) -> Tensor:
+                  margin: int | None = None, ensemble: bool = False, sigma: float | None = None) -> Tensor:
     """Denoise one (C, H, W) image in [0, 1] of any size; returns a (C, H, W) float tensor on its device.
 
     Colour images through a 1-channel network go one channel at a time; a gray image through a colour
@@ -167,6 +169,9 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
     that sees farther than that gives slightly different pixels near the tiles' seams.
     ``batch_size`` tiles go through the network at a time (default: about ``PIXELS_PER_PASS`` pixels).
     ``ensemble``: the mean over the image's 8 flips and rotations (``self_ensemble``), at 8 times the compute.
+    ``sigma``: the noise level (std on the image's [0, 1] scale) that a noise-conditioned network (``noise_map``)
+    is told; such a network needs it (``dae.inference.noise_level.estimate_sigma`` estimates it), a blind one
+    ignores it.
     """
     net_channels = getattr(net, "in_channels", image.shape[0])
     channels = image.shape[0]
@@ -179,6 +184,8 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
     else:
         raise ValueError(f"the network takes {net_channels} channels; an image with {channels} cannot be mapped")
     size = input_size(net)
+    if getattr(net, "noise_map", False):
+        net = functools.partial(net, sigma=sigma)
     if tile is not None and size is not None:
         raise ValueError(f"the network takes {size[0]}x{size[1]} inputs and is tiled at that size; "
                          "a tile size is for fully convolutional networks")

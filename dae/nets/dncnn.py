@@ -7,9 +7,9 @@ from torch import Tensor, nn
 from dae.nets.checks import check_sizes
 
 
-def conv_stack(channels: int, depth: int, width: int, batch_norm: bool) -> nn.Sequential:
+def conv_stack(channels: int, depth: int, width: int, batch_norm: bool, out_channels: int | None = None) -> nn.Sequential:
     """DnCNN's layers: a 3x3 Conv+ReLU from ``channels`` to ``width``, ``depth - 2`` Conv(+BatchNorm)+ReLU layers of
-    ``width`` channels (no bias before a batch norm), and a 3x3 Conv back to ``channels``."""
+    ``width`` channels (no bias before a batch norm), and a 3x3 Conv to ``out_channels`` (default: ``channels``)."""
     if depth < 2:
         raise ValueError(f"depth must be >= 2 (first and last convolution), got {depth}")
     layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
@@ -18,7 +18,7 @@ def conv_stack(channels: int, depth: int, width: int, batch_norm: bool) -> nn.Se
         if batch_norm:
             layers.append(nn.BatchNorm2d(width))
         layers.append(nn.ReLU(inplace=True))
-    layers.append(nn.Conv2d(width, channels, 3, padding=1))
+    layers.append(nn.Conv2d(width, channels if out_channels is None else out_channels, 3, padding=1))
     return nn.Sequential(*layers)
 
 

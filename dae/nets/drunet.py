@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from dae.nets.checks import check_sizes
+from dae.nets.noise_map import append_noise_map
 from dae.nets.padding import pad_to_multiple
 
 
@@ -30,17 +31,21 @@ class DRUNet(nn.Module):
     The channels double at each of the ``depth`` scales below full resolution, starting at ``width``. Images of
     any size work (padded to a multiple of ``2**depth``, the output cropped back). With ``residual`` the network
     predicts the noise and returns ``noisy - noise``; outputs are not clipped.
+
+    With ``noise_map`` the network is noise-conditioned, as DRUNet is: it is called as ``net(noisy, sigma)`` and
+    takes the noise level (``append_noise_map``) as one more input channel.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 3, blocks: int = 2,
-                 residual: bool = True) -> None:
+                 residual: bool = True, noise_map: bool = False) -> None:
         super().__init__()
         check_sizes(in_channels, width=width, depth=depth, blocks=blocks)
         self.in_channels = in_channels
         self.depth = depth
         self.residual = residual
+        self.noise_map = noise_map
         channels = [width * 2**level for level in range(depth + 1)]
-        self.head = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.head = nn.Conv2d(in_channels + noise_map, width, 3, padding=1, bias=False)
         self.down = nn.ModuleList(
             nn.Sequential(*(ResBlock(channels[i]) for _ in range(blocks)),
                           nn.Conv2d(channels[i], channels[i + 1], 2, stride=2, bias=False))
@@ -54,9 +59,10 @@ class DRUNet(nn.Module):
         )
         self.tail = nn.Conv2d(width, in_channels, 3, padding=1, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor | float | None = None) -> Tensor:
         height, width = x.shape[-2:]
-        h = self.head(pad_to_multiple(x, 2**self.depth))
+        inputs = append_noise_map(x, sigma) if self.noise_map else x
+        h = self.head(pad_to_multiple(inputs, 2**self.depth))
         skips = [h]
         for down in self.down:
             h = down(h)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from dae.nets.checks import check_sizes
+from dae.nets.noise_map import append_noise_map
 from dae.nets.padding import pad_to_multiple
 
 
@@ -27,17 +28,22 @@ class UNet(nn.Module):
     features of the same level. Images of any size work: the input is padded (reflecting) to a multiple
     of ``2**depth`` and the output cropped back. With ``residual`` the network predicts the noise and
     returns ``noisy - noise``; outputs are not clipped, so the MSE gradient never vanishes.
+
+    With ``noise_map`` the network is noise-conditioned: it is called as ``net(noisy, sigma)`` and takes the
+    noise level (``append_noise_map``) as one more input channel.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 2, residual: bool = True) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 2, residual: bool = True,
+                 noise_map: bool = False) -> None:
         super().__init__()
         check_sizes(in_channels, width=width, depth=depth)
         self.in_channels = in_channels
         self.depth = depth
         self.residual = residual
+        self.noise_map = noise_map
         channels = [width * 2**level for level in range(depth + 1)]
         self.down = nn.ModuleList(
-            [_conv_block(in_channels, channels[0])]
+            [_conv_block(in_channels + noise_map, channels[0])]
             + [_conv_block(channels[i], channels[i + 1]) for i in range(depth)]
         )
         self.pool = nn.MaxPool2d(2)
@@ -47,9 +53,9 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([_conv_block(2 * channels[i], channels[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(channels[0], in_channels, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor | float | None = None) -> Tensor:
         height, width = x.shape[-2:]
-        h = pad_to_multiple(x, 2**self.depth)
+        h = pad_to_multiple(append_noise_map(x, sigma) if self.noise_map else x, 2**self.depth)
         skips = []
         for level, block in enumerate(self.down):
             h = block(h if level == 0 else self.pool(h))
