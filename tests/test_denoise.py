@@ -308,9 +308,10 @@ def test_dae_denoise_runs_without_importing_lightning(tmp_path):
 
 
 def noisy_gray_file(folder: Path, sigma255: float = 25) -> Path:
-    """A gray PNG of ``clean_gray`` with Gaussian noise of ``sigma255`` (clipped and rounded, as saved photos are)."""
+    """A gray PNG of ``clean_gray`` (in mid-grays, so that little noise is clipped) with Gaussian noise of
+    ``sigma255``, clipped and rounded as saved photos are."""
     rng = np.random.default_rng(0)
-    clean = clean_gray(40, 52).astype(np.float64)
+    clean = 64 + 0.5 * clean_gray(40, 52).astype(np.float64)
     noisy = np.clip(clean + sigma255 * rng.standard_normal(clean.shape), 0, 255).round().astype(np.uint8)
     return write_image(folder / "noisy.png", noisy[..., None])
 
