@@ -306,7 +306,7 @@ class LevelRecorder(torch.nn.Module):
         return x * self.scale
 
 
-class DrawRecorder(GaussianNoise):
+class LevelDrawRecorder(GaussianNoise):
     """Gaussian noise of a range of stds that keeps each noisy batch and the stds it drew."""
 
     def __init__(self):
@@ -320,7 +320,7 @@ class DrawRecorder(GaussianNoise):
 
 
 def test_a_noise_conditioned_network_is_told_the_std_each_image_got(mnist_dir, tiny_trainer):
-    net, noise = LevelRecorder(), DrawRecorder()
+    net, noise = LevelRecorder(), LevelDrawRecorder()
     module = DenoisingModule(net=net, noise=noise)
     trainer = tiny_trainer(limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(module, dm_for(mnist_dir, batch_size=8))
@@ -333,7 +333,7 @@ def test_a_noise_conditioned_network_is_told_the_std_each_image_got(mnist_dir, t
 
 
 def test_prediction_tells_a_noise_conditioned_network_the_level(mnist_dir, tiny_trainer):
-    net, noise = LevelRecorder(), DrawRecorder()
+    net, noise = LevelRecorder(), LevelDrawRecorder()
     tiny_trainer(limit_predict_batches=1).predict(DenoisingModule(net=net, noise=noise), dm_for(mnist_dir))
     assert len(net.calls) == 1 and torch.equal(net.calls[0][1], noise.draws[0][1])
 
