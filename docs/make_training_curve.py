@@ -1,0 +1,80 @@
+"""Draw validation PSNR against hours of training for one or more runs (docs/images/gray_training.png).
+
+The hours are the runs' own: each event file of a run (its start, then every resume) counts from the wall time
+of its first logged training step, so the time a stopped run waited for its resume is left out; the steps of a
+file before its first logged one are counted at that file's own rate.
+
+    python docs/make_training_curve.py DRUNet=~/dae-runs/photo/gray UNet=~/dae-runs/pilot/unet -o docs/images/gray_training.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+
+def _scalars(path: Path, tag: str) -> list[tuple[int, float, float]]:
+    """(step, wall time, value) of ``tag`` in one event file."""
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        return []
+    return [(e.step, e.wall_time, e.value) for e in events.Scalars(tag)]
+
+
+def training_hours(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and the hours of training up to each, from the ``train/loss`` events of every event file of ``run``."""
+    files = sorted(run.glob("events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3]))
+    steps, hours, elapsed, last_step = [], [], 0.0, 0
+    for path in files:
+        points = _scalars(path, "train/loss")
+        if len(points) < 2:
+            continue
+        (first_step, first_wall, _), (end_step, end_wall, _) = points[0], points[-1]
+        rate = (end_wall - first_wall) / max(end_step - first_step, 1)  # seconds per step in this file
+        start = elapsed + (first_step - last_step) * rate
+        for step, wall, _ in points:
+            steps.append(step)
+            hours.append((start + wall - first_wall) / 3600)
+        elapsed, last_step = start + end_wall - first_wall, end_step
+    return np.array(steps), np.array(hours)
+
+
+def validation_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Hours of training and ``val/psnr`` at each validation of ``run``."""
+    steps, hours = training_hours(run)
+    points = sorted({step: value for path in run.glob("events.out.tfevents.*")
+                     for step, _, value in _scalars(path, "val/psnr")}.items())
+    val_steps = np.array([step for step, _ in points])
+    return np.interp(val_steps, steps, hours), np.array([value for _, value in points])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR", help="run folders, each with its legend name")
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/images/gray_training.png"))
+    args = parser.parse_args()
+    figure, axes = plt.subplots(figsize=(6, 3.6))
+    for item in args.runs:
+        name, _, folder = item.partition("=")
+        hours, psnr = validation_curve(Path(folder).expanduser())
+        axes.plot(hours, psnr, marker=".", label=name)
+    axes.set_xlabel("hours of training (this machine)")
+    axes.set_ylabel("val/psnr (dB)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.output, dpi=120)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
