@@ -25,6 +25,7 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dae.nets.noise_map import takes_noise_level
 from dae.training.callbacks import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def build(configs: list[Path]) -> nn.Module:
 
 def levels(net: nn.Module, batch: int) -> dict[str, torch.Tensor]:
     """The noise level a noise-conditioned network takes (stds up to 55/255), none for a blind one."""
-    return {"sigma": torch.rand(batch) * 55 / 255} if getattr(net, "noise_map", False) else {}
+    return {"sigma": torch.rand(batch) * 55 / 255} if takes_noise_level(net) else {}
 
 
 def macs_per_pixel(net: nn.Module) -> float:

@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from dae.nets import ConvAutoencoder
+from dae.nets.noise_map import takes_noise_level
 from dae.noise import GaussianNoise
 from dae.objectives import Objective, Supervised
 from dae.pixels import to_unit_float
@@ -176,7 +177,7 @@ class DenoisingModule(L.LightningModule):
     @property
     def conditioned(self) -> bool:
         """Whether the network is noise-conditioned: told each image's noise level (``noise_map``)."""
-        return bool(getattr(self.net, "noise_map", False))
+        return takes_noise_level(self.net)
 
     def _check_conditioning(self) -> None:
         """A noise-conditioned network must be told the level of the noise it gets: the noise model must say it

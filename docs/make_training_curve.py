@@ -20,21 +20,27 @@ import numpy as np  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 
-def _scalars(path: Path, tag: str) -> list[tuple[int, float, float]]:
+def event_files(run: Path) -> list[EventAccumulator]:
+    """Every event file of ``run``, read once, in the order they were started (the start, then each resume)."""
+    files = sorted(run.glob("events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3]))
+    accumulators = [EventAccumulator(str(path), size_guidance={"scalars": 0}) for path in files]
+    for events in accumulators:
+        events.Reload()
+    return accumulators
+
+
+def _scalars(events: EventAccumulator, tag: str) -> list[tuple[int, float, float]]:
     """(step, wall time, value) of ``tag`` in one event file."""
-    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    events.Reload()
     if tag not in events.Tags()["scalars"]:
         return []
     return [(e.step, e.wall_time, e.value) for e in events.Scalars(tag)]
 
 
-def training_hours(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Steps and the hours of training up to each, from the ``train/loss`` events of every event file of ``run``."""
-    files = sorted(run.glob("events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3]))
+def training_hours(files: list[EventAccumulator]) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and the hours of training up to each, from the ``train/loss`` events of a run's event files."""
     steps, hours, elapsed, last_step = [], [], 0.0, 0
-    for path in files:
-        points = _scalars(path, "train/loss")
+    for events in files:
+        points = _scalars(events, "train/loss")
         if len(points) < 2:
             continue
         (first_step, first_wall, _), (end_step, end_wall, _) = points[0], points[-1]
@@ -49,9 +55,9 @@ def training_hours(run: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def validation_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """Hours of training and ``val/psnr`` at each validation of ``run``."""
-    steps, hours = training_hours(run)
-    points = sorted({step: value for path in run.glob("events.out.tfevents.*")
-                     for step, _, value in _scalars(path, "val/psnr")}.items())
+    files = event_files(run)
+    steps, hours = training_hours(files)
+    points = sorted({step: value for events in files for step, _, value in _scalars(events, "val/psnr")}.items())
     val_steps = np.array([step for step, _ in points])
     return np.interp(val_steps, steps, hours), np.array([value for _, value in points])
 

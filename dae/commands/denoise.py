@@ -25,6 +25,7 @@ from dae.inference.loading import CheckpointError, add_allow_class_option, load_
 from dae.inference.noise_level import estimate_sigma
 from dae.inference.pretrained import DEFAULT_MODEL
 from dae.inference.tiling import denoise_image, input_size
+from dae.nets.noise_map import takes_noise_level
 
 COMPARE_SUFFIX = "_compare.png"
 _GAP = 2  # white pixels between the panels of a --compare picture
@@ -139,10 +140,9 @@ class Denoiser:
         written.extend(write_image(path, side_by_side(color, denoised)) for path in compare)
         return written
 
-
     def noise_level(self, job: Job, color: torch.Tensor) -> float | None:
         """The level a noise-conditioned network is told: ``sigma``, else estimated from the image (and said)."""
-        if not getattr(self.net, "noise_map", False):
+        if not takes_noise_level(self.net):
             return None
         if self.sigma is not None:
             return self.sigma
@@ -234,13 +234,14 @@ def denoise_command(argv: Sequence[str]) -> int:
            else "whole images (fully convolutional)")
     if args.ensemble:
         how += ", self-ensemble of 8 orientations"
-    if getattr(net, "noise_map", False):
+    conditioned = takes_noise_level(net)
+    if conditioned:
         how += f", told noise level {args.sigma:g}" if args.sigma is not None else ", noise level estimated per image"
     print(f"network: {type(net).__name__} ({args.ckpt}) on {device}, {how}", file=sys.stderr)
     sigma = None if args.sigma is None else args.sigma / 255
     denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
                         args.tile_margin, args.ensemble, sigma)
-    if sigma is not None and not getattr(net, "noise_map", False):
+    if sigma is not None and not conditioned:
         denoiser.notices.add(f"{type(net).__name__} ({args.ckpt}) is a blind model: it ignores --sigma and "
                              "denoises whatever level it sees")
     done = 0

@@ -250,8 +250,7 @@ def _network_methods(paths: Sequence[str], batch_size: int, allow_classes: Seque
                      ensemble: bool = False) -> tuple[list[NetworkMethod], dict[str, Any]]:
     """A ``method_class`` per checkpoint (named after its network and noise; a noise-conditioned network's twice,
     told the true and the estimated noise level), with ``ensemble`` each followed by its self-ensemble, and the
-    first one's data settings (with ``_class_path``, the data module class it was
-    trained with)."""
+    first one's data settings (with ``_class_path``, the data module class it was trained with)."""
     methods, data_hparams = [], {}
     for path in paths:
         file = resolve_checkpoint(path)
@@ -451,7 +450,8 @@ def _evaluate_images_command(parser: argparse.ArgumentParser, args: argparse.Nam
     methods = [*networks, *(BaselineMethod(b, None, args.seed, clip=False, channels=channels) for b in baselines)]
     rows = evaluate_images(methods, images, stds, args.seed)
     settings = {
-        "images_dir": str(args.images), "images": len(images), "channels": channels, "stds": stds, "sigma255": [s * 255 for s in stds],
+        "images_dir": str(args.images), "images": len(images), "channels": channels, "stds": stds,
+        "sigma255": [s * 255 for s in stds],
         "clip": False, "outputs": "clipped to [0, 1] and rounded to 8 bits", "seed": args.seed,
         "baselines": "untuned, given the true std",
     }

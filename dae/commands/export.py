@@ -23,6 +23,7 @@ from torch import nn
 from dae.files import replaced_whole
 from dae.inference.loading import CheckpointError, add_allow_class_option, load_network
 from dae.inference.tiling import input_size
+from dae.nets.noise_map import takes_noise_level
 
 FORMATS = ("onnx", "torchscript")
 PARITY_TOLERANCE = 1e-4
@@ -43,7 +44,7 @@ def _require_onnx() -> None:
 
 def input_names(net: nn.Module) -> list[str]:
     """The exported model's inputs: ``noisy``, and ``sigma`` for a noise-conditioned network."""
-    return ["noisy", "sigma"] if getattr(net, "noise_map", False) else ["noisy"]
+    return ["noisy", "sigma"] if takes_noise_level(net) else ["noisy"]
 
 
 def example_inputs(net: nn.Module, batch_size: int, shape: tuple[int, int, int],
@@ -51,7 +52,7 @@ def example_inputs(net: nn.Module, batch_size: int, shape: tuple[int, int, int],
     """Random inputs of ``net`` for a batch of ``batch_size`` images of ``shape``: images in [0, 1], and noise
     levels in [0, 0.2] for a noise-conditioned network."""
     images = torch.rand((batch_size, *shape), generator=generator)
-    if len(input_names(net)) == 1:
+    if not takes_noise_level(net):
         return (images,)
     return images, 0.2 * torch.rand(batch_size, generator=generator)
 
@@ -161,7 +162,7 @@ def export_command(argv: Sequence[str]) -> int:
     except (CheckpointError, RuntimeError) as e:
         parser.exit(2, f"dae export: error: {e}\n")
     shape = export_shape(net, tuple(args.size) if args.size else None)
-    sigma = ", sigma (batch,)" if len(input_names(net)) > 1 else ""
+    sigma = ", sigma (batch,)" if takes_noise_level(net) else ""
     print(f"wrote {args.output} ({args.format}, input (batch, {', '.join(map(str, shape))}){sigma} for any batch "
           f"size); parity with PyTorch: max abs difference {worst:.3g} over batches of {PARITY_BATCHES}")
     return 0

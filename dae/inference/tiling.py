@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dae.inference.ensemble import self_ensemble
+from dae.nets.noise_map import takes_noise_level
 
 
 def input_size(net: nn.Module) -> tuple[int, int] | None:
@@ -184,7 +185,7 @@ def denoise_image(net: nn.Module, image: Tensor, batch_size: int | None = None, 
     else:
         raise ValueError(f"the network takes {net_channels} channels; an image with {channels} cannot be mapped")
     size = input_size(net)
-    if getattr(net, "noise_map", False):
+    if takes_noise_level(net):
         net = functools.partial(net, sigma=sigma)
     if tile is not None and size is not None:
         raise ValueError(f"the network takes {size[0]}x{size[1]} inputs and is tiled at that size; "

@@ -6,6 +6,11 @@ import torch
 from torch import Tensor
 
 
+def takes_noise_level(net: object) -> bool:
+    """Whether ``net`` is noise-conditioned: called as ``net(noisy, sigma)`` (a true ``noise_map`` attribute)."""
+    return bool(getattr(net, "noise_map", False))
+
+
 def append_noise_map(x: Tensor, sigma: Tensor | float | None) -> Tensor:
     """``x`` (B, C, H, W) with one more channel: the noise level ``sigma``, the noise's std on the [0, 1] scale.
 
