@@ -1,5 +1,6 @@
 """Draw docs/images/set12_crops.png: one Set12 picture at noise sigma 25, a crop of the clean image, the noisy
-one, BM3D's result and the built-in model's, each titled with the whole image's PSNR.
+one, BM3D's result and the built-in model's (told the true sigma, as BM3D is, when it is noise-conditioned), each
+titled with the whole image's PSNR.
 
 The noise is the one ``dae evaluate --images`` adds (same seed, same image index), and every output is rounded
 to 8 bits as there, so the titles match that command's per-image scores.
@@ -24,6 +25,7 @@ from dae.data.folders import load_image_folder  # noqa: E402
 from dae.inference import denoise_image, load_model  # noqa: E402
 from dae.pixels import to_unit_float  # noqa: E402
 from dae.inference.pretrained import DEFAULT_MODEL  # noqa: E402
+from dae.nets.noise_map import takes_noise_level  # noqa: E402
 from dae.seeding import torch_generator  # noqa: E402
 
 
@@ -48,7 +50,8 @@ def main() -> None:
     std = args.sigma255 / 255
     noisy = clean + std * torch.randn(clean.shape, generator=torch_generator(args.seed, index))
     with torch.no_grad():
-        ours = denoise_image(load_model(DEFAULT_MODEL).net, noisy)
+        net = load_model(DEFAULT_MODEL).net
+        ours = denoise_image(net, noisy, sigma=std if takes_noise_level(net) else None)  # the true sigma, as BM3D
     bm3d = BASELINES["BM3D"].denoise(noisy[None], std, BASELINES["BM3D"].untuned)[0]
     top, left, size = args.box
     panels = [("clean", clean, None), (f"noisy, sigma {args.sigma255:g}", noisy, psnr(noisy, clean)),

@@ -9,6 +9,8 @@ import torch
 import yaml
 
 from dae.commands import main
+from dae.inference import load_model
+from dae.nets.noise_map import takes_noise_level
 from tests.conftest import run_dae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +19,10 @@ EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.yaml") if "model" in yaml.safe_l
 OVERLAYS = sorted(p for p in CONFIGS.glob("*.yaml") if p not in EXPERIMENTS)  # bf16, ddp, gpu
 NOISE_OVERLAYS = sorted((CONFIGS / "noise").glob("*.yaml"))
 NOISE_BASE = CONFIGS / "fashion_mnist.yaml"  # the data-set config the noise overlays are laid over
+PHOTO_OVERLAYS = sorted((CONFIGS / "photo").glob("*.yaml"))
+PHOTO_BASE = CONFIGS / "gray_blind.yaml"  # the photo config the photo overlays are laid over
+# The colour model's stack: the DRUNet, told the noise level, on RGB photographs.
+COLOR_STACK = [PHOTO_BASE, *(CONFIGS / "photo" / f"{name}.yaml" for name in ("drunet", "noise_map", "color"))]
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false"]
 
 
@@ -121,6 +127,28 @@ def test_gpu_overlay_runs_on_the_gpu(mnist_dir, image_dir, tmp_path, monkeypatch
     assert main(["fit", f"--config={CONFIGS / 'mnist.yaml'}", f"--config={CONFIGS / 'gpu.yaml'}",
                  "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false",
                  *fixture_data_args(load(CONFIGS / "mnist.yaml"), mnist_dir, image_dir)]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay", PHOTO_OVERLAYS, ids=[p.stem for p in PHOTO_OVERLAYS])
+def test_photo_overlay_runs_a_fast_dev_run_over_the_gray_photo_config(overlay, mnist_dir, image_dir, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert fast_dev_run([PHOTO_BASE, overlay], mnist_dir, image_dir, "--trainer.precision=32-true") == 0
+
+
+@pytest.mark.slow
+def test_colour_stack_trains_a_noise_conditioned_drunet_on_rgb_photos(image_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = composed(*COLOR_STACK)
+    assert config["data"]["init_args"]["channels"] == 3 and config["model"]["net"]["class_path"] == "dae.nets.DRUNet"
+    assert main(["fit", *(f"--config={c}" for c in COLOR_STACK), *CPU, "--trainer.max_steps=1",
+                 "--trainer.limit_val_batches=1", "--trainer.precision=32-true", "--model.net.init_args.width=8",
+                 "--test_after_fit=false", *fixture_data_args(config, Path(), image_dir)]) == 0
+    module = load_model(tmp_path / "lightning_logs" / "version_0")
+    assert module.net.in_channels == 3 and takes_noise_level(module.net)
+    rgb = torch.rand(1, 3, 40, 48)
+    assert module.net(rgb, torch.tensor([0.1])).shape == rgb.shape
 
 
 @pytest.mark.slow
