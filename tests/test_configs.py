@@ -10,6 +10,7 @@ import yaml
 
 from dae.commands import main
 from dae.inference import load_model
+from dae.nets import DRUNet
 from dae.nets.noise_map import takes_noise_level
 from tests.conftest import run_dae
 
@@ -137,16 +138,11 @@ def test_photo_overlay_runs_a_fast_dev_run_over_the_gray_photo_config(overlay, m
     assert fast_dev_run([PHOTO_BASE, overlay], mnist_dir, image_dir, "--trainer.precision=32-true") == 0
 
 
-@pytest.mark.slow
-def test_colour_stack_trains_a_noise_conditioned_drunet_on_rgb_photos(image_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_colour_stack_trains_a_noise_conditioned_drunet_on_rgb_photos(color_run):
     config = composed(*COLOR_STACK)
     assert config["data"]["init_args"]["channels"] == 3 and config["model"]["net"]["class_path"] == "dae.nets.DRUNet"
-    assert main(["fit", *(f"--config={c}" for c in COLOR_STACK), *CPU, "--trainer.max_steps=1",
-                 "--trainer.limit_val_batches=1", "--trainer.precision=32-true", "--model.net.init_args.width=8",
-                 "--test_after_fit=false", *fixture_data_args(config, Path(), image_dir)]) == 0
-    module = load_model(tmp_path / "lightning_logs" / "version_0")
-    assert module.net.in_channels == 3 and takes_noise_level(module.net)
+    module = load_model(color_run)  # conftest's color_run: the stack, shrunk, for two steps on fixture photos
+    assert isinstance(module.net, DRUNet) and module.net.in_channels == 3 and takes_noise_level(module.net)
     rgb = torch.rand(1, 3, 40, 48)
     assert module.net(rgb, torch.tensor([0.1])).shape == rgb.shape
 

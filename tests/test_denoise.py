@@ -360,3 +360,45 @@ def test_sigma_outside_the_8_bit_scale_is_refused(sigma, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["denoise", str(tmp_path), "--sigma", sigma, "-o", str(tmp_path / "out")])
     assert stop.value.code == 2 and "give a number in [0, 255]" in capsys.readouterr().err
+
+
+def colour_and_gray_files(folder: Path) -> tuple[Path, Path]:
+    """A noisy RGB PNG (the gray picture in three tints) and the noisy gray PNG of ``noisy_gray_file``."""
+    gray = noisy_gray_file(folder)
+    pixels = read_image(gray).astype(np.int16)
+    rgb = np.clip(np.concatenate([pixels, pixels - 20, pixels + 20], axis=-1), 0, 255).astype(np.uint8)
+    return write_image(folder / "colour.png", rgb), gray
+
+
+def test_without_ckpt_each_image_gets_the_shipped_model_for_its_channels(conditioned_run, color_run, tmp_path,
+                                                                         monkeypatch, capsys):
+    monkeypatch.setattr("dae.inference.pretrained.DEFAULT_MODELS", {1: str(conditioned_run), 3: str(color_run)})
+    colour, gray = colour_and_gray_files(tmp_path / "in")
+    assert main(["denoise", str(tmp_path / "in"), "--sigma", "25", "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"({conditioned_run}, for gray images)" in err and f"({color_run}, for colour images)" in err
+    for source, run in ((gray, conditioned_run), (colour, color_run)):
+        expected = denoised_8_bit(load_network(str(run)), source, 25 / 255)
+        assert np.array_equal(read_image(tmp_path / "out" / source.name), expected), source.name
+
+
+def test_without_a_colour_model_colour_images_go_through_the_gray_one(conditioned_run, tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.setattr("dae.inference.pretrained.DEFAULT_MODELS", {1: str(conditioned_run)})
+    colour, _ = colour_and_gray_files(tmp_path / "in")
+    assert main(["denoise", str(colour), "--sigma", "25", "-o", str(tmp_path / "out")]) == 0
+    assert f"({conditioned_run}, for gray and colour images)" in capsys.readouterr().err
+    expected = denoised_8_bit(load_network(str(conditioned_run)), colour, 25 / 255)
+    assert np.array_equal(read_image(tmp_path / "out" / colour.name), expected)
+
+
+def test_a_gray_image_through_a_colour_model_comes_back_gray_with_a_note(color_run, tmp_path, capsys):
+    gray = noisy_gray_file(tmp_path / "in")
+    assert main(["denoise", str(gray), "--ckpt", str(color_run), "--sigma", "25", "-o", str(tmp_path / "out")]) == 0
+    assert "gray images were denoised as colour images of equal channels" in capsys.readouterr().err
+    net = load_network(str(color_run))
+    with torch.no_grad():
+        as_colour = net(to_unit_tensor(read_image(gray)).expand(3, -1, -1)[None], torch.tensor([25 / 255]))
+    expected = from_unit_tensor(as_colour[0].mean(0, keepdim=True).clamp(0, 1), np.dtype(np.uint8))
+    out = read_image(tmp_path / "out" / gray.name)
+    assert out.shape == read_image(gray).shape and np.array_equal(out, expected)

@@ -7,7 +7,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from dae.data.images import (
 )
 from dae.inference.loading import CheckpointError, add_allow_class_option, load_network
 from dae.inference.noise_level import estimate_sigma
-from dae.inference.pretrained import DEFAULT_MODEL
+from dae.inference.pretrained import default_model
 from dae.inference.tiling import denoise_image, input_size
 from dae.nets.noise_map import takes_noise_level
 
@@ -103,12 +103,13 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor) -> np.ndarray:
 
 
 class Denoiser:
-    """Denoises one file at a time with a loaded model; colour channels only, alpha is kept as it is."""
+    """Denoises one file at a time with the network ``nets`` gives for its number of colour channels; colour
+    channels only, alpha is kept as it is."""
 
-    def __init__(self, net: torch.nn.Module, device: torch.device, batch_size: int | None, add_noise: float | None,
-                 seed: int, compare: bool, tile: int | None = None, margin: int | None = None,
-                 ensemble: bool = False, sigma: float | None = None) -> None:
-        self.net = net
+    def __init__(self, nets: Callable[[int], torch.nn.Module], device: torch.device, batch_size: int | None,
+                 add_noise: float | None, seed: int, compare: bool, tile: int | None = None,
+                 margin: int | None = None, ensemble: bool = False, sigma: float | None = None) -> None:
+        self.nets = nets
         self.sigma = sigma
         self.ensemble = ensemble
         self.tile = tile
@@ -129,10 +130,15 @@ class Denoiser:
             # Seeded by the file's relative path, so a file gets the same noise whatever else is in the run.
             seed = self.seed + zlib.crc32(job.relative.as_posix().encode())
             color = add_gaussian_noise(color, self.add_noise, seed)
-        if color.shape[0] > 1 and getattr(self.net, "in_channels", 1) == 1:
+        net = self.nets(color.shape[0])
+        net_channels = getattr(net, "in_channels", 1)
+        if color.shape[0] > 1 and net_channels == 1:
             self.notices.add("the network takes one channel: colour images were denoised one channel at a time")
-        level = self.noise_level(job, color)
-        denoised = denoise_image(self.net, color, self.batch_size, self.tile, self.margin, self.ensemble,
+        elif color.shape[0] == 1 and net_channels > 1:
+            self.notices.add(f"the network takes {net_channels} channels: gray images were denoised as colour "
+                             "images of equal channels, and the channels averaged back")
+        level = self.noise_level(job, net, color)
+        denoised = denoise_image(net, color, self.batch_size, self.tile, self.margin, self.ensemble,
                                  level).clamp(0, 1)
         result = torch.cat([denoised, image[-1:]]) if has_alpha else denoised
         target, *compare = output_files(job, out_dir, self.compare)
@@ -140,9 +146,9 @@ class Denoiser:
         written.extend(write_image(path, side_by_side(color, denoised)) for path in compare)
         return written
 
-    def noise_level(self, job: Job, color: torch.Tensor) -> float | None:
+    def noise_level(self, job: Job, net: torch.nn.Module, color: torch.Tensor) -> float | None:
         """The level a noise-conditioned network is told: ``sigma``, else estimated from the image (and said)."""
-        if not takes_noise_level(self.net):
+        if not takes_noise_level(net):
             return None
         if self.sigma is not None:
             return self.sigma
@@ -150,6 +156,18 @@ class Denoiser:
         tqdm.write(f"{job.source}: noise level estimated at sigma {level * 255:.1f} (0..255; --sigma sets it)",
                    file=sys.stderr)
         return level
+
+
+IMAGE_KINDS = {1: "gray", 3: "colour"}  # images by their colour channels
+
+
+def default_models() -> dict[str, str]:
+    """The shipped models ``dae denoise`` uses without ``--ckpt``, each with the images it gets ("gray",
+    "colour", or "gray and colour")."""
+    kinds: dict[str, list[str]] = {}
+    for channels, kind in IMAGE_KINDS.items():
+        kinds.setdefault(default_model(channels), []).append(kind)
+    return {name: " and ".join(names) for name, names in kinds.items()}
 
 
 def pick_device(name: str) -> torch.device:
@@ -168,10 +186,11 @@ def _parser() -> argparse.ArgumentParser:
         "16-bit PNG out).",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    parser.add_argument("--ckpt", default=DEFAULT_MODEL,
-                        help="a run folder (uses its best checkpoint), a .ckpt file, or a model shipped with dae "
-                        f"(default: {DEFAULT_MODEL}, a blind denoiser of gray photos up to noise std 55/255; colour "
-                        "images go channel by channel)")
+    parser.add_argument("--ckpt",
+                        help="a run folder (uses its best checkpoint), a .ckpt file, or a model shipped with dae, for "
+                        "every image (default: "
+                        + "; ".join(f"{name} for {kinds} images" for name, kinds in default_models().items())
+                        + ")")
     parser.add_argument("-o", "--output", required=True, help="folder for the denoised images")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default)")
     parser.add_argument("--batch-size", type=int, metavar="N",
@@ -221,29 +240,36 @@ def denoise_command(argv: Sequence[str]) -> int:
         jobs = plan_outputs(jobs, out_dir, args.compare)
     except ValueError as e:
         parser.exit(2, f"dae denoise: error: {e}\n")
+    # --ckpt for every image, else each shipped default for the images it is made for.
+    names = ({args.ckpt: ""} if args.ckpt
+             else {name: f", for {kinds} images" for name, kinds in default_models().items()})
     try:
         device = pick_device(args.device)
-        net = load_network(args.ckpt, map_location=device, allow_classes=args.allow_class)
+        nets = {name: load_network(name, map_location=device, allow_classes=args.allow_class) for name in names}
     except (CheckpointError, RuntimeError) as e:
         parser.exit(2, f"dae denoise: error: {e}\n")
-    size = input_size(net)
-    if size is not None and args.tile is not None:
-        parser.exit(2, f"dae denoise: error: --tile is for fully convolutional networks; {type(net).__name__} "
-                       f"takes {size[0]}x{size[1]} inputs and is always tiled at that size\n")
-    how = (f"{size[0]}x{size[1]} tiles" if size else f"{args.tile}x{args.tile} tiles (--tile)" if args.tile
-           else "whole images (fully convolutional)")
-    if args.ensemble:
-        how += ", self-ensemble of 8 orientations"
-    conditioned = takes_noise_level(net)
-    if conditioned:
-        how += f", told noise level {args.sigma:g}" if args.sigma is not None else ", noise level estimated per image"
-    print(f"network: {type(net).__name__} ({args.ckpt}) on {device}, {how}", file=sys.stderr)
+    notices = set()
+    for name, net in nets.items():
+        size = input_size(net)
+        if size is not None and args.tile is not None:
+            parser.exit(2, f"dae denoise: error: --tile is for fully convolutional networks; {type(net).__name__} "
+                           f"takes {size[0]}x{size[1]} inputs and is always tiled at that size\n")
+        how = (f"{size[0]}x{size[1]} tiles" if size else f"{args.tile}x{args.tile} tiles (--tile)" if args.tile
+               else "whole images (fully convolutional)")
+        if args.ensemble:
+            how += ", self-ensemble of 8 orientations"
+        if takes_noise_level(net):
+            how += (f", told noise level {args.sigma:g}" if args.sigma is not None
+                    else ", noise level estimated per image")
+        elif args.sigma is not None:
+            notices.add(f"{type(net).__name__} ({name}) is a blind model: it ignores --sigma and denoises whatever "
+                        "level it sees")
+        print(f"network: {type(net).__name__} ({name}{names[name]}) on {device}, {how}", file=sys.stderr)
     sigma = None if args.sigma is None else args.sigma / 255
-    denoiser = Denoiser(net, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
+    choose = (lambda channels: nets[args.ckpt]) if args.ckpt else (lambda channels: nets[default_model(channels)])
+    denoiser = Denoiser(choose, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
                         args.tile_margin, args.ensemble, sigma)
-    if sigma is not None and not conditioned:
-        denoiser.notices.add(f"{type(net).__name__} ({args.ckpt}) is a blind model: it ignores --sigma and "
-                             "denoises whatever level it sees")
+    denoiser.notices |= notices
     done = 0
     for job in tqdm(jobs, desc="denoising", unit="image", disable=None if len(jobs) > 1 else True):
         try:

@@ -13,7 +13,9 @@ from pathlib import Path
 PREFIX = "builtin:"
 # name -> checkpoint file in this package
 BUILTIN_MODELS = {"gray-blind": "gray_blind.ckpt"}
-DEFAULT_MODEL = PREFIX + "gray-blind"
+# What `dae denoise` uses without --ckpt, by the image's colour channels (alpha aside): 1 gray, 3 RGB.
+DEFAULT_MODELS = {1: PREFIX + "gray-blind"}
+DEFAULT_MODEL = DEFAULT_MODELS[1]
 
 
 def is_builtin(name: str) -> bool:
@@ -28,3 +30,9 @@ def builtin_checkpoint(name: str) -> Path:
         known = ", ".join(PREFIX + n for n in BUILTIN_MODELS)
         raise ValueError(f"{name}: no such built-in model; dae ships {known}")
     return Path(str(resources.files(__name__) / BUILTIN_MODELS[short]))
+
+
+def default_model(channels: int) -> str:
+    """The shipped model for images of ``channels`` colour channels: the one trained for them, else the gray one
+    (which denoises a colour image one channel at a time)."""
+    return DEFAULT_MODELS.get(channels, DEFAULT_MODELS[1])
