@@ -2,7 +2,7 @@
 
 The hours are the runs' own: each event file of a run (its start, then every resume) counts from the wall time
 of its first logged training step, so the time a stopped run waited for its resume is left out; the steps of a
-file before its first logged one are counted at that file's own rate.
+file before its first logged one are counted at that file's own rate. It also prints each run's steps and hours.
 
     python docs/make_training_curve.py DRUNet=~/dae-runs/photo/gray UNet=~/dae-runs/pilot/unet -o docs/images/gray_training.png
 """
@@ -53,10 +53,9 @@ def training_hours(files: list[EventAccumulator]) -> tuple[np.ndarray, np.ndarra
     return np.array(steps), np.array(hours)
 
 
-def validation_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Hours of training and ``val/psnr`` at each validation of ``run``."""
-    files = event_files(run)
-    steps, hours = training_hours(files)
+def validation_curve(files: list[EventAccumulator], steps: np.ndarray,
+                     hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hours of training and ``val/psnr`` at each validation in a run's event files, given ``training_hours``."""
     points = sorted({step: value for events in files for step, _, value in _scalars(events, "val/psnr")}.items())
     val_steps = np.array([step for step, _ in points])
     return np.interp(val_steps, steps, hours), np.array([value for _, value in points])
@@ -70,8 +69,12 @@ def main() -> None:
     figure, axes = plt.subplots(figsize=(6, 3.6))
     for item in args.runs:
         name, _, folder = item.partition("=")
-        hours, psnr = validation_curve(Path(folder).expanduser())
-        axes.plot(hours, psnr, marker=".", label=name)
+        files = event_files(Path(folder).expanduser())
+        steps, hours = training_hours(files)
+        val_hours, psnr = validation_curve(files, steps, hours)
+        axes.plot(val_hours, psnr, marker=".", label=name)
+        print(f"{name}: {steps[-1]} steps in {hours[-1]:.2f} hours of training; best val/psnr {psnr.max():.2f} dB "
+              f"(at {val_hours[psnr.argmax()]:.2f} h)")
     axes.set_xlabel("hours of training (this machine)")
     axes.set_ylabel("val/psnr (dB)")
     axes.grid(alpha=0.3)
