@@ -159,15 +159,16 @@ def test_predict_writes_denoised_pngs_of_the_test_split_into_the_run_folder(trai
 
 
 def test_default_progress_bar_is_tqdm_redrawn_every_20_steps_and_configurable(mnist_dir, tmp_path, monkeypatch):
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar
 
     from dae.commands.cli import DaeCLI
+    from dae.training.callbacks import ProgressBar
 
     monkeypatch.chdir(tmp_path)
     args = fit_args(mnist_dir)[1:]  # without the subcommand: run=False only builds
     args, bar_off = [a for a in args if "enable_progress_bar" not in a], args
     bar = DaeCLI(args=args, run=False).trainer.progress_bar_callback
-    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 20
+    assert type(bar) is ProgressBar and bar.refresh_rate == 20
     bar = DaeCLI(args=[*args, "--progress_bar.refresh_rate=5"], run=False).trainer.progress_bar_callback
     assert bar.refresh_rate == 5
     bar = DaeCLI(args=[*args, "--progress_bar=RichProgressBar"], run=False).trainer.progress_bar_callback
@@ -209,7 +210,7 @@ DEFAULT_CALLBACK_CLASSES = {
     "tensorboard_run": "dae.training.callbacks.TensorBoardRunCallback",
     "non_finite_loss_stop": "dae.training.callbacks.NonFiniteLossStop",
     "prediction_writer": "dae.training.callbacks.PredictionImageWriter",
-    "progress_bar": "lightning.pytorch.callbacks.TQDMProgressBar",
+    "progress_bar": "dae.training.callbacks.ProgressBar",
 }
 
 

@@ -103,6 +103,18 @@ def test_sigterm_saves_last_ckpt_and_stops_then_resume_equals_uninterrupted(mnis
     assert_same_run(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
+def test_the_progress_bar_numbers_and_sizes_an_epoch_resumed_in_its_middle(mnist_dir, tmp_path):
+    proc = start_paused_run(tmp_path, mnist_dir, step=8)  # last.ckpt holds step 6: one step into epoch 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    with_bar = [a for a in fit_args(mnist_dir, *STEPS, "--ckpt_path=last") if "enable_progress_bar" not in a]
+    code, out = run_dae(tmp_path, with_bar)
+    assert code == 0, out
+    resumed = out.split("Restored all states")[1].replace("\r", "\n")
+    assert "Epoch 1: 100%" in resumed and "5/5" in resumed  # not "Training: 5/?"
+
+
 # Gradient accumulation over 2 batches: 5 batches are 3 optimizer steps per epoch (the last one alone), 6 in all.
 # last.ckpt right after optimizer step 4 (the second of epoch 1) is the mid-epoch point to resume from.
 ACCUMULATING = ("--data.batch_size=32", "--trainer.limit_train_batches=5", "--trainer.accumulate_grad_batches=2",

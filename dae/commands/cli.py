@@ -88,7 +88,7 @@ DEFAULT_CALLBACKS = {
     # Lightning's own default bar (rich) is redrawn up to 100 times a second by a thread of its own and reads every
     # metric each step (a host sync on a GPU); on a 2-core CPU that thread takes time from the training threads.
     # tqdm redrawn every 20 steps (a few times a second here) does its little work between steps (docs/benchmarks.md).
-    "progress_bar": ("lightning.pytorch.callbacks.TQDMProgressBar", {"refresh_rate": 20},
+    "progress_bar": ("dae.training.callbacks.ProgressBar", {"refresh_rate": 20},
                      "the progress bar (--trainer.enable_progress_bar false switches it off)"),
 }
 

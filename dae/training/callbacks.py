@@ -4,6 +4,7 @@ the CPU cores."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
@@ -333,3 +334,20 @@ class CoreShareCallback(L.Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._check()
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm progress bar, which also numbers and sizes an epoch that a run resumes in its middle.
+
+    Lightning does not call ``on_train_epoch_start`` for the epoch a mid-epoch checkpoint resumes, and that hook
+    is where the bar learns the epoch's number and length; without it the rest of the epoch shows as
+    ``Training: N/?`` with a rate counted from the epoch's start.
+    """
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        if bar.total is None and batch_idx > 0 and math.isfinite(self.total_train_batches):
+            bar.reset(total=int(self.total_train_batches))
+            bar.initial = bar.n = batch_idx  # the rate counts the steps of this process only
+            bar.set_description(f"Epoch {trainer.current_epoch}")
