@@ -1,5 +1,5 @@
-"""The model that ships with dae (``builtin:gray-blind``): loads safely, denoises gray and colour pictures of any
-size with no checkpoint given, offline, and fits the package size limit."""
+"""The models that ship with dae (``builtin:gray``, the default, and ``builtin:gray-blind``): load safely, denoise
+gray and colour pictures of any size with no checkpoint given, offline, and fit the package size limit."""
 
 import json
 import socket
@@ -13,6 +13,7 @@ from dae.commands import main
 from dae.inference import CheckpointError, load_model, resolve_checkpoint
 from dae.inference.loading import slim_checkpoint
 from dae.inference.pretrained import BUILTIN_MODELS, DEFAULT_MODEL, builtin_checkpoint
+from dae.nets.noise_map import takes_noise_level
 
 MAX_BYTES = 10 * 1024**2
 
@@ -34,8 +35,20 @@ def test_gray_blind_is_a_one_channel_blind_gaussian_denoiser():
     assert module.noise.std == pytest.approx((0.0, 55 / 255))
 
 
+def test_gray_is_the_default_a_one_channel_noise_conditioned_gaussian_denoiser():
+    assert DEFAULT_MODEL == "builtin:gray"
+    module = load_model("builtin:gray")
+    assert module.net.in_channels == 1 and takes_noise_level(module.net) and not module.training
+    assert module.noise.std == pytest.approx((0.0, 55 / 255))
+    image = torch.rand(1, 1, 40, 40)
+    with torch.no_grad():  # the level it is told matters: more smoothing at a higher one
+        weak, strong = (module.net(image, torch.tensor([s / 255])) for s in (5, 50))
+    assert (strong - image).abs().mean() > 2 * (weak - image).abs().mean()
+
+
 def test_an_unknown_builtin_name_lists_the_shipped_models():
-    with pytest.raises(CheckpointError, match="builtin:colour: no such built-in model; dae ships builtin:gray-blind"):
+    with pytest.raises(CheckpointError, match="builtin:colour: no such built-in model; dae ships builtin:gray, "
+                       "builtin:gray-blind"):
         load_model("builtin:colour")
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 PREFIX = "builtin:"
 # name -> checkpoint file in this package
-BUILTIN_MODELS = {"gray-blind": "gray_blind.ckpt"}
+BUILTIN_MODELS = {"gray": "gray.ckpt", "gray-blind": "gray_blind.ckpt"}
 # What `dae denoise` uses without --ckpt, by the image's colour channels (alpha aside): 1 gray, 3 RGB.
-DEFAULT_MODELS = {1: PREFIX + "gray-blind"}
+DEFAULT_MODELS = {1: PREFIX + "gray"}
 DEFAULT_MODEL = DEFAULT_MODELS[1]
 
 
