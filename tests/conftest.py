@@ -88,16 +88,15 @@ def trained_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return root / "lightning_logs" / "version_0"
 
 
-@pytest.fixture(scope="session")
-def conditioned_run(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run folder of two steps of a small noise-conditioned gray U-Net (configs/gray_blind.yaml with the
-    configs/photo/noise_map.yaml overlay) on the fixture photos."""
+def small_photo_run(image_dir: Path, root: Path, overlays: list[str]) -> Path:
+    """The run folder (under ``root``) of two steps of configs/gray_blind.yaml with the ``overlays`` of
+    configs/photo/, its network shrunk to width 8 and one scale, on the fixture photos."""
     from dae.commands import main
 
-    root = tmp_path_factory.mktemp("conditioned")
     configs = Path(__file__).resolve().parents[1] / "configs"
     torch.manual_seed(0)
-    main(["fit", f"--config={configs / 'gray_blind.yaml'}", f"--config={configs / 'photo' / 'noise_map.yaml'}",
+    main(["fit", f"--config={configs / 'gray_blind.yaml'}",
+          *(f"--config={configs / 'photo' / name}.yaml" for name in overlays),
           f"--data.init_args.data_dir={image_dir}", "--data.init_args.patch_size=32",
           "--data.init_args.val_split=0.2", "--data.init_args.test_split=0.1", "--model.net.init_args.width=8",
           "--model.net.init_args.depth=1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
@@ -105,27 +104,19 @@ def conditioned_run(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
           "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={root}",
           "--test_after_fit=false"])
     return root / "lightning_logs" / "version_0"
+
+
+@pytest.fixture(scope="session")
+def conditioned_run(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small noise-conditioned gray U-Net (the configs/photo/noise_map.yaml overlay), two steps."""
+    return small_photo_run(image_dir, tmp_path_factory.mktemp("conditioned"), ["noise_map"])
 
 
 @pytest.fixture(scope="session")
 def color_run(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run folder of two steps of a small noise-conditioned RGB DRUNet (the colour model's config stack:
-    configs/gray_blind.yaml with the photo/drunet, photo/noise_map and photo/color overlays) on the fixture
-    photos."""
-    from dae.commands import main
-
-    root = tmp_path_factory.mktemp("color")
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    torch.manual_seed(0)
-    main(["fit", f"--config={configs / 'gray_blind.yaml'}",
-          *(f"--config={configs / 'photo' / name}.yaml" for name in ("drunet", "noise_map", "color")),
-          f"--data.init_args.data_dir={image_dir}", "--data.init_args.patch_size=32",
-          "--data.init_args.val_split=0.2", "--data.init_args.test_split=0.1", "--model.net.init_args.width=8",
-          "--model.net.init_args.depth=1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-          "--trainer.limit_val_batches=1", "--trainer.precision=32-true", "--trainer.accelerator=cpu",
-          "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={root}",
-          "--test_after_fit=false"])
-    return root / "lightning_logs" / "version_0"
+    """A small noise-conditioned RGB DRUNet (the colour model's stack: the photo/drunet, photo/noise_map and
+    photo/color overlays), two steps."""
+    return small_photo_run(image_dir, tmp_path_factory.mktemp("color"), ["drunet", "noise_map", "color"])
 
 
 def fake_rank(dm, rank: int, world_size: int = 2):
