@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from dae.data.images import read_image, to_unit_tensor  # noqa: E402
+from dae.data.images import has_alpha, read_image, to_unit_tensor  # noqa: E402
 from dae.inference import denoise_image, estimate_sigma, load_model  # noqa: E402
 from dae.inference.pretrained import default_model  # noqa: E402
 from dae.nets.noise_map import takes_noise_level  # noqa: E402
@@ -46,11 +46,14 @@ def main() -> None:
     args = parser.parse_args()
 
     figure, axes = plt.subplots(2, len(args.images), figsize=(2.8 * len(args.images), 6), squeeze=False)
+    nets = {}  # each shipped model loaded once
     for column, name in enumerate(args.images):
         pixels = to_unit_tensor(read_image(args.folder / name))
-        noisy = pixels[:-1] if pixels.shape[0] in (2, 4) else pixels  # alpha aside, as dae denoise does
+        noisy = pixels[:-1] if has_alpha(pixels.shape[0]) else pixels  # alpha aside, as dae denoise does
         model = default_model(noisy.shape[0])
-        net = load_model(model).net
+        if model not in nets:
+            nets[model] = load_model(model).net
+        net = nets[model]
         level = estimate_sigma(noisy)
         with torch.no_grad():
             denoised = denoise_image(net, noisy, sigma=level if takes_noise_level(net) else None)

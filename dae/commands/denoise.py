@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from dae.data.images import (
     ImageFileError,
+    has_alpha,
     from_unit_tensor,
     image_suffixes,
     read_image,
@@ -123,9 +124,9 @@ class Denoiser:
 
     def __call__(self, job: Job, out_dir: Path) -> list[Path]:
         pixels = read_image(job.source)
-        has_alpha = pixels.shape[2] in (2, 4)
+        alpha = has_alpha(pixels.shape[2])
         image = to_unit_tensor(pixels).to(self.device)
-        color = image[:-1] if has_alpha else image
+        color = image[:-1] if alpha else image
         if self.add_noise:
             # Seeded by the file's relative path, so a file gets the same noise whatever else is in the run.
             seed = self.seed + zlib.crc32(job.relative.as_posix().encode())
@@ -140,7 +141,7 @@ class Denoiser:
         level = self.noise_level(job, net, color)
         denoised = denoise_image(net, color, self.batch_size, self.tile, self.margin, self.ensemble,
                                  level).clamp(0, 1)
-        result = torch.cat([denoised, image[-1:]]) if has_alpha else denoised
+        result = torch.cat([denoised, image[-1:]]) if alpha else denoised
         target, *compare = output_files(job, out_dir, self.compare)
         written = [write_image(target, from_unit_tensor(result, pixels.dtype))]
         written.extend(write_image(path, side_by_side(color, denoised)) for path in compare)
@@ -248,7 +249,9 @@ def denoise_command(argv: Sequence[str]) -> int:
         nets = {name: load_network(name, map_location=device, allow_classes=args.allow_class) for name in names}
     except (CheckpointError, RuntimeError) as e:
         parser.exit(2, f"dae denoise: error: {e}\n")
-    notices = set()
+    sigma = None if args.sigma is None else args.sigma / 255
+    denoiser = Denoiser(lambda channels: nets[args.ckpt or default_model(channels)], device, args.batch_size,
+                        args.add_noise, args.seed, args.compare, args.tile, args.tile_margin, args.ensemble, sigma)
     for name, net in nets.items():
         size = input_size(net)
         if size is not None and args.tile is not None:
@@ -262,14 +265,9 @@ def denoise_command(argv: Sequence[str]) -> int:
             how += (f", told noise level {args.sigma:g}" if args.sigma is not None
                     else ", noise level estimated per image")
         elif args.sigma is not None:
-            notices.add(f"{type(net).__name__} ({name}) is a blind model: it ignores --sigma and denoises whatever "
-                        "level it sees")
+            denoiser.notices.add(f"{type(net).__name__} ({name}) is a blind model: it ignores --sigma and "
+                                 "denoises whatever level it sees")
         print(f"network: {type(net).__name__} ({name}{names[name]}) on {device}, {how}", file=sys.stderr)
-    sigma = None if args.sigma is None else args.sigma / 255
-    choose = (lambda channels: nets[args.ckpt]) if args.ckpt else (lambda channels: nets[default_model(channels)])
-    denoiser = Denoiser(choose, device, args.batch_size, args.add_noise, args.seed, args.compare, args.tile,
-                        args.tile_margin, args.ensemble, sigma)
-    denoiser.notices |= notices
     done = 0
     for job in tqdm(jobs, desc="denoising", unit="image", disable=None if len(jobs) > 1 else True):
         try:

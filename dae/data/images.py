@@ -133,6 +133,11 @@ def write_image(path: str | Path, pixels: np.ndarray) -> Path:
     return path
 
 
+def has_alpha(channels: int) -> bool:
+    """Whether pixels with this many channels end with an alpha channel (gray + alpha, or RGBA)."""
+    return channels in (2, 4)
+
+
 def to_unit_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W, C) integer pixels to a (C, H, W) float tensor in [0, 1]."""
     scale = float(np.iinfo(pixels.dtype).max)
