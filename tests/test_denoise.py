@@ -392,6 +392,23 @@ def test_without_a_colour_model_colour_images_go_through_the_gray_one(conditione
     assert np.array_equal(read_image(tmp_path / "out" / colour.name), expected)
 
 
+def test_a_colour_model_takes_the_estimated_level_and_the_self_ensemble_as_a_gray_one_does(color_run, tmp_path,
+                                                                                        capsys):
+    colour, _ = colour_and_gray_files(tmp_path / "in")
+    assert main(["denoise", str(colour), "--ckpt", str(color_run), "--ensemble", "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    image = to_unit_tensor(read_image(colour))
+    level = estimate_sigma(image)  # over the three channels, said as for a gray image
+    assert f"noise level estimated at sigma {level * 255:.1f}" in err and "self-ensemble of 8 orientations" in err
+    net = load_network(str(color_run))
+    with torch.no_grad():
+        expected = denoise_image(net, image, ensemble=True, sigma=level).clamp(0, 1)
+    out = read_image(tmp_path / "out" / colour.name)
+    assert out.shape == read_image(colour).shape
+    assert np.array_equal(out, from_unit_tensor(expected, np.dtype(np.uint8)))
+    assert not np.array_equal(out, denoised_8_bit(net, colour, level))  # the ensemble is not the plain output
+
+
 def test_a_gray_image_through_a_colour_model_comes_back_gray_with_a_note(color_run, tmp_path, capsys):
     gray = noisy_gray_file(tmp_path / "in")
     assert main(["denoise", str(gray), "--ckpt", str(color_run), "--sigma", "25", "-o", str(tmp_path / "out")]) == 0
