@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from dae.data.images import (
     ImageFileError,
-    has_alpha,
     from_unit_tensor,
+    has_alpha,
     image_suffixes,
     read_image,
     to_unit_tensor,

@@ -88,6 +88,11 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., None] if pixels.ndim == 2 else pixels)
 
 
+def has_alpha(channels: int) -> bool:
+    """Whether pixels with this many channels end with an alpha channel (gray + alpha, or RGBA)."""
+    return channels in (2, 4)
+
+
 def read_image_tensor(path: str | Path, channels: int) -> torch.Tensor:
     """An image file as a uint8 tensor (channels, H, W): gray for 1 channel, RGB for 3.
 
@@ -97,7 +102,7 @@ def read_image_tensor(path: str | Path, channels: int) -> torch.Tensor:
     pixels = read_image(path)
     if pixels.dtype == np.uint16:
         pixels = (pixels.astype(np.float32) / 257.0).round().astype(np.uint8)
-    if pixels.shape[2] in (2, 4):
+    if has_alpha(pixels.shape[2]):
         pixels = pixels[..., :-1]
     if channels == 1 and pixels.shape[2] == 3:
         pixels = np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
@@ -109,7 +114,7 @@ def read_image_tensor(path: str | Path, channels: int) -> torch.Tensor:
 def write_png16(path: Path, pixels: np.ndarray) -> None:
     """A 16-bit PNG of (H, W, C) ``uint16`` pixels (Pillow cannot write 16-bit colour PNGs)."""
     height, width, channels = pixels.shape
-    writer = png.Writer(width, height, greyscale=channels < 3, alpha=channels in (2, 4), bitdepth=16)
+    writer = png.Writer(width, height, greyscale=channels < 3, alpha=has_alpha(channels), bitdepth=16)
     with open(path, "wb") as f:
         writer.write(f, pixels.reshape(height, width * channels))
 
@@ -132,10 +137,6 @@ def write_image(path: str | Path, pixels: np.ndarray) -> Path:
         raise ImageFileError(f"{path}: cannot write this image ({e})") from e
     return path
 
-
-def has_alpha(channels: int) -> bool:
-    """Whether pixels with this many channels end with an alpha channel (gray + alpha, or RGBA)."""
-    return channels in (2, 4)
 
 
 def to_unit_tensor(pixels: np.ndarray) -> torch.Tensor:
