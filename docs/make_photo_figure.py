@@ -24,7 +24,7 @@ from dae.commands.evaluate import to_8_bits  # noqa: E402
 from dae.data.folders import load_image_folder  # noqa: E402
 from dae.inference import denoise_image, load_model  # noqa: E402
 from dae.pixels import to_unit_float  # noqa: E402
-from dae.inference.pretrained import DEFAULT_MODEL  # noqa: E402
+from dae.inference.pretrained import default_model  # noqa: E402
 from dae.nets.noise_map import takes_noise_level  # noqa: E402
 from dae.seeding import torch_generator  # noqa: E402
 
@@ -50,12 +50,12 @@ def main() -> None:
     std = args.sigma255 / 255
     noisy = clean + std * torch.randn(clean.shape, generator=torch_generator(args.seed, index))
     with torch.no_grad():
-        net = load_model(DEFAULT_MODEL).net
+        net = load_model(default_model(1)).net
         ours = denoise_image(net, noisy, sigma=std if takes_noise_level(net) else None)  # the true sigma, as BM3D
     bm3d = BASELINES["BM3D"].denoise(noisy[None], std, BASELINES["BM3D"].untuned)[0]
     top, left, size = args.box
     panels = [("clean", clean, None), (f"noisy, sigma {args.sigma255:g}", noisy, psnr(noisy, clean)),
-              ("BM3D", bm3d, psnr(bm3d, clean)), (DEFAULT_MODEL, ours, psnr(ours, clean))]
+              ("BM3D", bm3d, psnr(bm3d, clean)), (default_model(1), ours, psnr(ours, clean))]
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
     for ax, (title, image, score) in zip(axes, panels):
         crop = to_8_bits(image)[0, top:top + size, left:left + size]

@@ -382,16 +382,6 @@ def test_without_ckpt_each_image_gets_the_shipped_model_for_its_channels(conditi
         assert np.array_equal(read_image(tmp_path / "out" / source.name), expected), source.name
 
 
-def test_without_a_colour_model_colour_images_go_through_the_gray_one(conditioned_run, tmp_path, monkeypatch,
-                                                                     capsys):
-    monkeypatch.setattr("dae.inference.pretrained.DEFAULT_MODELS", {1: str(conditioned_run)})
-    colour, _ = colour_and_gray_files(tmp_path / "in")
-    assert main(["denoise", str(colour), "--sigma", "25", "-o", str(tmp_path / "out")]) == 0
-    assert f"({conditioned_run}, for gray and colour images)" in capsys.readouterr().err
-    expected = denoised_8_bit(load_network(str(conditioned_run)), colour, 25 / 255)
-    assert np.array_equal(read_image(tmp_path / "out" / colour.name), expected)
-
-
 def test_a_colour_model_takes_the_estimated_level_and_the_self_ensemble_as_a_gray_one_does(color_run, tmp_path,
                                                                                         capsys):
     colour, _ = colour_and_gray_files(tmp_path / "in")

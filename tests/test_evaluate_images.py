@@ -204,6 +204,15 @@ def test_the_command_scores_colour_images_in_colour(tmp_path, capsys):
     assert noisy_row["method"] == "noisy input" and noisy_row["psnr"] == pytest.approx(gray.psnr, abs=0.3)
 
 
+def test_shipped_models_of_one_network_are_told_apart_by_their_names(tmp_path, capsys):
+    write_colour_pngs(tmp_path / "set")
+    assert main(["evaluate", "builtin:color", "builtin:gray", "--images", str(tmp_path / "set"), "--channels", "3",
+                 "--sigma255", "25", "-o", str(tmp_path / "r")]) == 0
+    methods = [row["method"] for row in json.loads((tmp_path / "r.json").read_text())["results"]]
+    for name in ("builtin:color", "builtin:gray"):
+        assert sum(f"[{name}], " in method for method in methods) == 2, methods  # told the true and estimated level
+
+
 def test_bm3d_runs_as_cbm3d_on_colour_images():
     pytest.importorskip("bm3d")
     baseline = BASELINES["BM3D"]

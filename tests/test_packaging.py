@@ -28,7 +28,7 @@ socket.create_connection = refuse
 import dae
 print(dae.__file__)
 from dae.commands import main
-sys.exit(main(["denoise", "in.png", "-o", "out"]))
+sys.exit(main(["denoise", "gray.png", "colour.png", "-o", "out"]))
 """
 
 
@@ -55,16 +55,24 @@ def test_the_wheel_holds_every_module_and_the_shipped_models(wheel):
     assert shipped and shipped <= names, sorted(shipped - names)
 
 
-def test_dae_denoise_without_a_checkpoint_works_from_the_installed_wheel_offline(wheel, tmp_path):
+def test_dae_denoise_without_a_checkpoint_picks_the_model_by_the_image_from_the_installed_wheel_offline(
+        wheel, tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
                     str(wheel)], check=True)
     work = tmp_path / "work"
-    noisy = np.random.default_rng(0).integers(0, 256, (33, 47, 1), dtype=np.uint8)
-    write_image(work / "in.png", noisy)
+    rng = np.random.default_rng(0)
+    inputs = {"gray.png": rng.integers(0, 256, (33, 47, 1), dtype=np.uint8),
+              "colour.png": rng.integers(0, 256, (29, 38, 3), dtype=np.uint8)}
+    for name, pixels in inputs.items():
+        write_image(work / name, pixels)
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run([sys.executable, "-c", DENOISE_OFFLINE], cwd=work, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.splitlines()[0]).is_relative_to(site)  # the installed copy, not the source tree
-    assert read_image(work / "out" / "in.png").shape == noisy.shape
+    assert "(builtin:gray, for gray images)" in result.stderr
+    assert "(builtin:color, for colour images)" in result.stderr
+    assert "one channel at a time" not in result.stderr  # the colour image went to the colour model whole
+    for name, pixels in inputs.items():
+        assert read_image(work / "out" / name).shape == pixels.shape

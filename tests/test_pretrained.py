@@ -1,5 +1,6 @@
-"""The models that ship with dae (``builtin:gray``, the default, and ``builtin:gray-blind``): load safely, denoise
-gray and colour pictures of any size with no checkpoint given, offline, and fit the package size limit."""
+"""The models that ship with dae (``builtin:gray`` and ``builtin:color``, the defaults for gray and colour images,
+and ``builtin:gray-blind``): load safely, denoise gray and colour pictures of any size with no checkpoint given,
+offline, and fit the package size limit."""
 
 import json
 import socket
@@ -12,7 +13,7 @@ from PIL import Image
 from dae.commands import main
 from dae.inference import CheckpointError, load_model, resolve_checkpoint
 from dae.inference.loading import slim_checkpoint
-from dae.inference.pretrained import BUILTIN_MODELS, DEFAULT_MODEL, builtin_checkpoint
+from dae.inference.pretrained import BUILTIN_MODELS, DEFAULT_MODELS, builtin_checkpoint
 from dae.nets.noise_map import takes_noise_level
 
 MAX_BYTES = 10 * 1024**2
@@ -35,21 +36,22 @@ def test_gray_blind_is_a_one_channel_blind_gaussian_denoiser():
     assert module.noise.std == pytest.approx((0.0, 55 / 255))
 
 
-def test_gray_is_the_default_a_one_channel_noise_conditioned_gaussian_denoiser():
-    assert DEFAULT_MODEL == "builtin:gray"
-    module = load_model("builtin:gray")
-    assert module.net.in_channels == 1 and takes_noise_level(module.net) and not module.training
+@pytest.mark.parametrize("name, channels", [("builtin:gray", 1), ("builtin:color", 3)])
+def test_the_defaults_are_noise_conditioned_gaussian_denoisers_for_their_images(name, channels):
+    assert DEFAULT_MODELS[channels] == name
+    module = load_model(name)
+    assert module.net.in_channels == channels and takes_noise_level(module.net) and not module.training
     assert module.noise.std == pytest.approx((0.0, 55 / 255))
-    image = torch.rand(1, 1, 40, 40)
+    image = torch.rand(1, channels, 40, 40)
     with torch.no_grad():  # the level it is told matters: more smoothing at a higher one
         weak, strong = (module.net(image, torch.tensor([s / 255])) for s in (5, 50))
     assert (strong - image).abs().mean() > 2 * (weak - image).abs().mean()
 
 
 def test_an_unknown_builtin_name_lists_the_shipped_models():
-    with pytest.raises(CheckpointError, match="builtin:colour: no such built-in model; dae ships builtin:gray, "
-                       "builtin:gray-blind"):
-        load_model("builtin:colour")
+    with pytest.raises(CheckpointError, match="builtin:sepia: no such built-in model; dae ships builtin:gray, "
+                       "builtin:color, builtin:gray-blind"):
+        load_model("builtin:sepia")
 
 
 def picture(height: int, width: int, channels: int) -> np.ndarray:
@@ -79,13 +81,14 @@ def test_denoise_without_ckpt_uses_the_builtin_model_on_gray_and_colour_pictures
         clean[name], noisy = picture(height, width, channels)
         Image.fromarray(noisy[..., 0] if channels == 1 else noisy).save(tmp_path / name)
     assert main(["denoise", str(tmp_path / "gray.png"), str(tmp_path / "colour.png"), "-o", str(tmp_path / "out")]) == 0
-    assert DEFAULT_MODEL in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(builtin:gray, for gray images)" in err and "(builtin:color, for colour images)" in err
     for name, (height, width, channels) in cases.items():
         out = np.asarray(Image.open(tmp_path / "out" / name))
         assert out.shape == ((height, width) if channels == 1 else (height, width, 3)) and out.dtype == np.uint8
         noisy = np.asarray(Image.open(tmp_path / name))
         reference = clean[name][..., 0] if channels == 1 else clean[name]
-        assert psnr(out, reference) > psnr(noisy, reference) + 4, name  # it denoises, channel by channel
+        assert psnr(out, reference) > psnr(noisy, reference) + 4, name
 
 
 def test_slim_checkpoint_keeps_what_using_a_model_needs(trained_run, tmp_path):

@@ -42,6 +42,7 @@ from dae.inference.loading import (
     resolve_checkpoint,
 )
 from dae.inference.noise_level import estimate_sigma
+from dae.inference.pretrained import is_builtin
 from dae.inference.tiling import denoise_image
 from dae.module import DenoisingModule, image_metrics
 from dae.moved import current_name
@@ -264,9 +265,10 @@ def _network_methods(paths: Sequence[str], batch_size: int, allow_classes: Seque
             name += f", {module.objective!r}"
         methods.append(method_class(name, module, str(file), batch_size))
     names = [m.name for m in methods]
-    for number, method in enumerate(methods, 1):
+    for number, (path, method) in enumerate(zip(paths, methods), 1):
         if names.count(method.name) > 1:  # two runs of one setup: the CSV's params column names each file
-            method.name += f" [checkpoint {number}]"
+            named = is_builtin(path) and paths.count(path) == 1  # a shipped model by its name, else by position
+            method.name += f" [{path}]" if named else f" [checkpoint {number}]"
     ensembles = (False, True) if ensemble else (False,)
     return [method_class(plain.name, plain.module, plain.source, batch_size, ensembled, sigma)
             for plain in methods

@@ -12,10 +12,9 @@ from pathlib import Path
 
 PREFIX = "builtin:"
 # name -> checkpoint file in this package
-BUILTIN_MODELS = {"gray": "gray.ckpt", "gray-blind": "gray_blind.ckpt"}
+BUILTIN_MODELS = {"gray": "gray.ckpt", "color": "color.ckpt", "gray-blind": "gray_blind.ckpt"}
 # What `dae denoise` uses without --ckpt, by the image's colour channels (alpha aside): 1 gray, 3 RGB.
-DEFAULT_MODELS = {1: PREFIX + "gray"}
-DEFAULT_MODEL = DEFAULT_MODELS[1]
+DEFAULT_MODELS = {1: PREFIX + "gray", 3: PREFIX + "color"}
 
 
 def is_builtin(name: str) -> bool:
@@ -33,6 +32,8 @@ def builtin_checkpoint(name: str) -> Path:
 
 
 def default_model(channels: int) -> str:
-    """The shipped model for images of ``channels`` colour channels: the one trained for them, else the gray one
-    (which denoises a colour image one channel at a time)."""
-    return DEFAULT_MODELS.get(channels, DEFAULT_MODELS[1])
+    """The shipped model for images of ``channels`` colour channels (1 gray, 3 RGB; alpha aside)."""
+    if channels not in DEFAULT_MODELS:
+        raise ValueError(f"no shipped model for images of {channels} colour channels; dae ships models for "
+                         + " and ".join(map(str, DEFAULT_MODELS)))
+    return DEFAULT_MODELS[channels]
