@@ -49,13 +49,14 @@ def main() -> None:
     clean = to_unit_float(images[args.image])
     std = args.sigma255 / 255
     noisy = clean + std * torch.randn(clean.shape, generator=torch_generator(args.seed, index))
+    model = default_model(1)
     with torch.no_grad():
-        net = load_model(default_model(1)).net
+        net = load_model(model).net
         ours = denoise_image(net, noisy, sigma=std if takes_noise_level(net) else None)  # the true sigma, as BM3D
     bm3d = BASELINES["BM3D"].denoise(noisy[None], std, BASELINES["BM3D"].untuned)[0]
     top, left, size = args.box
     panels = [("clean", clean, None), (f"noisy, sigma {args.sigma255:g}", noisy, psnr(noisy, clean)),
-              ("BM3D", bm3d, psnr(bm3d, clean)), (default_model(1), ours, psnr(ours, clean))]
+              ("BM3D", bm3d, psnr(bm3d, clean)), (model, ours, psnr(ours, clean))]
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
     for ax, (title, image, score) in zip(axes, panels):
         crop = to_8_bits(image)[0, top:top + size, left:left + size]

@@ -138,7 +138,6 @@ def write_image(path: str | Path, pixels: np.ndarray) -> Path:
     return path
 
 
-
 def to_unit_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W, C) integer pixels to a (C, H, W) float tensor in [0, 1]."""
     scale = float(np.iinfo(pixels.dtype).max)
